@@ -1,0 +1,1 @@
+"""Compression: named recipes (data), torch-level passes and the accuracy gate."""

@@ -1,0 +1,97 @@
+"""Recipes: named, data-defined compression settings (``edgepack/compress/recipes/<name>.toml``).
+
+A recipe says *what* to do (precision, passes, calibration, exclusions, parity tolerances); each
+exporter adapts it to its runtime's own quantizer. Unknown keys are rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgepack._toml import read_toml, validate
+from edgepack.errors import ProfileError
+
+RECIPES_DIR = Path(__file__).with_name("recipes")
+
+RecipePrecision = Literal["fp32", "fp16", "int8", "int8-dynamic", "int4-weight", "mixed"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PassSpec(_Strict):
+    """One torch-level compression pass and its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Calibration(_Strict):
+    """How activation ranges are calibrated for static quantization."""
+
+    method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
+    samples: int = Field(default=128, ge=1)
+    percentile: float = Field(default=99.99, gt=0, le=100)
+
+
+class ParityTolerance(_Strict):
+    """How close an artifact's outputs must be to the source model's on held-out inputs.
+
+    ``max_rel_error`` is the largest absolute difference divided by the largest absolute reference
+    value (scale-free); ``min_cosine`` is the mean per-sample cosine similarity.
+    """
+
+    max_rel_error: float = Field(default=1e-3, gt=0)
+    min_cosine: float = Field(default=0.9999, ge=-1, le=1)
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+
+
+class Recipe(_Strict):
+    """A named compression recipe."""
+
+    name: str
+    description: str = ""
+    precision: RecipePrecision
+    passes: list[PassSpec] = Field(default_factory=list)
+    calibration: Calibration = Field(default_factory=Calibration)
+    exclude: list[str] = Field(default_factory=list)
+    parity: ParityTolerance = Field(default_factory=ParityTolerance)
+
+
+@dataclass(frozen=True)
+class RecipeBook:
+    """All known recipes by name."""
+
+    recipes: dict[str, Recipe]
+
+    def get(self, name: str) -> Recipe:
+        try:
+            return self.recipes[name]
+        except KeyError:
+            raise ProfileError(f"unknown recipe '{name}'", hint=f"known: {', '.join(sorted(self.recipes))}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.recipes
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    """Load one recipe file, raising :class:`ProfileError` naming file and field."""
+    recipe = validate(Recipe, read_toml(path), path)
+    return recipe
+
+
+def load_recipes(directory: Path | None = None) -> RecipeBook:
+    """Load every recipe in ``directory`` (default: the shipped recipes)."""
+    directory = directory or RECIPES_DIR
+    recipes: dict[str, Recipe] = {}
+    for path in sorted(directory.glob("*.toml")):
+        recipe = load_recipe_file(path)
+        if recipe.name != path.stem:
+            raise ProfileError(f"{path}: name: {recipe.name!r} must match the file name {path.stem!r}")
+        recipes[recipe.name] = recipe
+    return RecipeBook(recipes)

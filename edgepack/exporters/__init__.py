@@ -1,0 +1,1 @@
+"""Exporters: one module per runtime, all implementing :class:`edgepack.exporters.base.Exporter`."""

@@ -1,0 +1,145 @@
+"""The exporter interface every runtime implements, and the records it returns.
+
+Adding a runtime is one module: subclass :class:`Exporter`, set ``runtime`` to the value profiles use
+in their ``runtime`` field, and register the class in the ``edgepack.exporters`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgepack.compress.recipe import Recipe
+from edgepack.data.dataset import Dataset
+from edgepack.models.source import ModelSource, TensorSpec
+from edgepack.targets.schema import TargetProfile
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """Which packages an exporter needs, their installed versions, and what is missing."""
+
+    versions: dict[str, str]
+    missing: dict[str, str] = field(default_factory=dict)
+    """package -> install hint, for packages that are not installed."""
+
+    @property
+    def available(self) -> bool:
+        return not self.missing
+
+    @classmethod
+    def of(cls, *distributions: str) -> "Toolchain":
+        versions: dict[str, str] = {}
+        missing: dict[str, str] = {}
+        for dist in distributions:
+            try:
+                versions[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                missing[dist] = f"pip install {dist}"
+        return cls(versions, missing)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The result of one export: files, hashes, I/O as the artifact sees it, and how it was made."""
+
+    target_id: str
+    runtime: str
+    path: Path
+    """Main file of the artifact (e.g. model.onnx, model.xml, model.tflite)."""
+    files: tuple[Path, ...]
+    """Every file belonging to the artifact (``path`` included), all under one directory."""
+    format: str
+    precision: str
+    recipe: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    toolchain: dict[str, str]
+    converter: str
+    """Which conversion path produced it (e.g. ``onnx2tf``, ``litert-torch``)."""
+    notes: tuple[str, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def sha256(self) -> str:
+        """Hash of the main file (every file is hashed individually in the bundle manifest)."""
+        return file_sha256(self.path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Predictor(ABC):
+    """Runs an artifact on this host. Takes and returns arrays keyed by the *source* model's I/O names,
+    in the source's layout, so parity and gates compare like with like."""
+
+    @abstractmethod
+    def __call__(self, inputs: Arrays) -> Arrays: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime resources."""
+
+
+class CallablePredictor(Predictor):
+    """A predictor wrapping a plain function."""
+
+    def __init__(self, fn: Callable[[Arrays], Arrays]) -> None:
+        self._fn = fn
+
+    def __call__(self, inputs: Arrays) -> Arrays:
+        return self._fn(inputs)
+
+
+@dataclass(frozen=True)
+class NotRunnable:
+    """Why an artifact cannot run on this host (the manifest records the reason)."""
+
+    reason: str
+
+
+class Exporter(ABC):
+    """One runtime's adapter: export a source for a profile with a recipe; run it where possible."""
+
+    runtime: ClassVar[str]
+    distributions: ClassVar[tuple[str, ...]] = ()
+    """PyPI distributions whose versions are recorded as the toolchain."""
+
+    def toolchain(self) -> Toolchain:
+        """Installed versions of this runtime's toolchain, and install hints for missing parts."""
+        return Toolchain.of(*self.distributions)
+
+    def supports(self, recipe: Recipe) -> str | None:
+        """``None`` when this exporter can apply ``recipe``, else the reason it cannot."""
+        return None
+
+    @abstractmethod
+    def export(
+        self,
+        source: ModelSource,
+        profile: TargetProfile,
+        recipe: Recipe,
+        calib: Dataset | None,
+        workdir: Path,
+    ) -> Artifact:
+        """Convert ``source`` into ``workdir`` and return the artifact record."""
+
+    @abstractmethod
+    def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
+        """A host predictor for ``artifact``, or why it cannot run here."""
