@@ -105,11 +105,14 @@ def export_onnx(source: ModelSource, workdir: Path, *, dynamic: bool) -> Path:
     """Write ``source`` as one self-contained ONNX file under ``workdir`` and return its path.
 
     ``dynamic`` keeps symbolic dims (e.g. batch) as ONNX dim params; otherwise they are pinned to 1.
+    The file is cached on the source for the rest of the run: callers must copy it before changing it.
     """
+    cache: dict[bool, Path] = source.extra.setdefault("_onnx_cache", {})
+    cached = cache.get(dynamic)
+    if cached is not None and cached.exists():
+        return cached
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / ("model.onnx" if dynamic else "model.static.onnx")
-    if path.exists():
-        return path
     if source.onnx_path is not None:
         _copy_onnx(source.onnx_path, path)
     else:
@@ -128,6 +131,7 @@ def export_onnx(source: ModelSource, workdir: Path, *, dynamic: bool) -> Path:
             raise ExportError(f"ONNX export of {source.uri} failed on every path: " + " | ".join(errors))
     if not dynamic:
         _fix_static_shapes(path, source.inputs)
+    cache[dynamic] = path
     return path
 
 
