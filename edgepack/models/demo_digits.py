@@ -103,29 +103,38 @@ def load_metadata(path: Path = METADATA_PATH) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The deterministic ``train`` / ``calib`` / ``eval`` splits as ``(images, labels)``.
+def digits_split_indices() -> dict[str, np.ndarray]:
+    """Row indices into ``sklearn.datasets.load_digits()`` of the ``train`` / ``calib`` / ``eval`` splits.
 
-    Images are float32 ``(N, 1, 8, 8)`` already preprocessed (0..1); labels are int64 ``(N,)``.
-    The three splits are disjoint and stratified by class (see the module docstring for sizes).
+    Deterministic and stratified by class (``random_state=0``); the three index sets are disjoint and
+    together cover all 1,797 samples.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    labels = load_digits().target
+    rest, eval_idx = train_test_split(
+        np.arange(len(labels)), test_size=EVAL_SIZE, stratify=labels, random_state=SPLIT_SEED
+    )
+    train_idx, calib_idx = train_test_split(
+        rest, test_size=CALIB_SIZE, stratify=labels[rest], random_state=SPLIT_SEED
+    )
+    return {"train": train_idx, "calib": calib_idx, "eval": eval_idx}
+
+
+def digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The deterministic ``train`` / ``calib`` / ``eval`` splits as ``(images, labels)``.
+
+    Images are float32 ``(N, 1, 8, 8)`` already preprocessed (0..1); labels are int64 ``(N,)``.
+    The splits are those of :func:`digits_split_indices` (disjoint, stratified; sizes in the module
+    docstring).
+    """
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     images = (digits.images.astype(np.float32) * np.float32(PIXEL_SCALE)).reshape(-1, 1, 8, 8)
     labels = digits.target.astype(np.int64)
-    rest_x, eval_x, rest_y, eval_y = train_test_split(
-        images, labels, test_size=EVAL_SIZE, stratify=labels, random_state=SPLIT_SEED
-    )
-    train_x, calib_x, train_y, calib_y = train_test_split(
-        rest_x, rest_y, test_size=CALIB_SIZE, stratify=rest_y, random_state=SPLIT_SEED
-    )
-    return {
-        "train": (np.ascontiguousarray(train_x), train_y),
-        "calib": (np.ascontiguousarray(calib_x), calib_y),
-        "eval": (np.ascontiguousarray(eval_x), eval_y),
-    }
+    return {name: (images[index], labels[index]) for name, index in digits_split_indices().items()}
 
 
 def load_demo_source() -> ModelSource:

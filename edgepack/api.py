@@ -1,0 +1,157 @@
+"""The public Python API: :func:`export` and :func:`verify`.
+
+Everything is validated before anything is written; per-target failures are recorded in the bundle
+and do not stop the other targets.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepack.bundle.manifest import artifact_dir, build_manifest
+from edgepack.bundle.verify import VerifyResult, verify_bundle
+from edgepack.bundle.writer import BundleWriter
+from edgepack.compress.gate import Gate
+from edgepack.compress.recipe import RecipeBook, load_recipes
+from edgepack.data.dataset import Dataset, load_dataset
+from edgepack.errors import DataError, InputError
+from edgepack.models.input_spec import parse_input_spec
+from edgepack.models.loaders import load_source
+from edgepack.models.reference import reference_predictor
+from edgepack.models.sample import example_dataset_arrays
+from edgepack.models.source import ModelSource, TensorSpec
+from edgepack.pipeline import Evaluation, ProgressFn, TargetResult, run_target
+from edgepack.targets.registry import Registry, load_registry
+from edgepack.targets.schema import TargetProfile
+
+PARITY_SAMPLES = 32
+SYNTHETIC_SAMPLES = 8
+
+
+@dataclass
+class ExportResult:
+    """Where the bundle went and what happened per target."""
+
+    bundle: Path
+    manifest: dict
+    results: list[TargetResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "ok" for r in self.results)
+
+
+def _bundle_name(source: ModelSource, name: str | None) -> str:
+    raw = name or source.name
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip(".-")
+    if not cleaned:
+        raise InputError(f"bundle name '{raw}' has no usable characters")
+    return cleaned
+
+
+def _resolve_targets(registry: Registry, targets: Sequence[str]) -> list[TargetProfile]:
+    if not targets:
+        raise InputError("no --target given", hint="run 'edgepack targets list'")
+    profiles: list[TargetProfile] = []
+    for target in targets:
+        profile = registry.get(target)
+        if profile not in profiles:
+            profiles.append(profile)
+    return profiles
+
+
+def _evaluation(source: ModelSource, calib: Dataset | None, eval_data: Dataset | None, max_drop: float) -> Evaluation:
+    """Held-out parity inputs: eval data, else the tail of calib data, else synthetic inputs."""
+    if eval_data is not None:
+        parity = eval_data.take(slice(0, PARITY_SAMPLES))
+    elif calib is not None and len(calib) >= 8:
+        parity = calib.take(slice(len(calib) - min(PARITY_SAMPLES, len(calib) // 4), None))
+    else:
+        parity = Dataset(example_dataset_arrays(source.inputs, SYNTHETIC_SAMPLES, seed=1), None, "synthetic")
+    gate_data = eval_data if eval_data is not None else Dataset(parity.inputs, None, parity.origin)
+    gate = Gate(gate_data, source.outputs[0].name, max_drop)
+    return Evaluation(reference_predictor(source), parity, gate)
+
+
+def _load_data(path: str | Path | None, source: ModelSource, builtin: str, *, labels: bool) -> Dataset | None:
+    if path is not None:
+        return load_dataset(path, source.inputs, require_labels=labels)
+    return source.extra.get(builtin)
+
+
+def export(
+    source: str | ModelSource,
+    targets: Sequence[str],
+    *,
+    calib: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    max_drop: float = 0.01,
+    out: str | Path = "dist",
+    name: str | None = None,
+    weights: str | Path | None = None,
+    inputs: Sequence[str | TensorSpec] = (),
+    registry: Registry | None = None,
+    recipes: RecipeBook | None = None,
+    progress: ProgressFn = lambda target, stage: None,
+) -> ExportResult:
+    """Export ``source`` to every target and write one bundle ``OUT/NAME.edgepack`` atomically.
+
+    Raises :class:`edgepack.errors.EdgepackError` for bad input before anything is written.
+    """
+    if not 0 <= max_drop <= 1:
+        raise InputError(f"--max-drop {max_drop}: must be between 0 and 1 (absolute, 0.01 = 1 point)")
+    registry = registry or load_registry()
+    recipes = recipes or load_recipes()
+    profiles = _resolve_targets(registry, targets)
+    specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
+    progress("source", "loading")
+    model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs)
+    calib_data = _load_data(calib, model, "calib", labels=False)
+    eval_set = _load_data(eval_data, model, "eval", labels=True)
+    if eval_set is not None and len(eval_set) == 0:
+        raise DataError(f"{eval_set.origin}: evaluation data is empty")
+    bundle_name = _bundle_name(model, name)
+    evaluation = _evaluation(model, calib_data, eval_set, max_drop)
+    destination = Path(out) / f"{bundle_name}.edgepack"
+    scratch = Path(tempfile.mkdtemp(prefix="edgepack-"))
+    try:
+        results = [
+            run_target(model, profile, recipes, calib_data, evaluation, scratch / profile.id, progress)
+            for profile in profiles
+        ]
+        manifest = build_manifest(
+            bundle_name,
+            model,
+            results,
+            calibration=calib_data.origin if calib_data is not None else None,
+            evaluation=eval_set.origin if eval_set is not None else f"fidelity on {evaluation.parity_inputs.origin} inputs",
+            max_drop=max_drop,
+        )
+        progress("bundle", "writing")
+        with BundleWriter(destination) as writer:
+            for result in results:
+                _stage_target(writer, result)
+            bundle = writer.commit(manifest)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ExportResult(bundle, manifest, results)
+
+
+def _stage_target(writer: BundleWriter, result: TargetResult) -> None:
+    target = result.profile.id
+    writer.add_json(f"reports/{target}/attempts.json", [a.to_dict() for a in result.attempts])
+    if result.artifact is None:
+        return
+    root = result.artifact.path.parent
+    for file in result.artifact.files:
+        writer.add_file(file, f"{artifact_dir(target)}/{file.relative_to(root).as_posix()}")
+
+
+def verify(bundle: str | Path) -> VerifyResult:
+    """Re-hash every file of ``bundle``; raise :class:`edgepack.errors.BundleError` on the first mismatch."""
+    return verify_bundle(Path(bundle))

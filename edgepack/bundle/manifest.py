@@ -1,0 +1,77 @@
+"""The bundle manifest (schema version 1) built from an export run's results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgepack import __version__
+from edgepack.exporters.base import Artifact
+from edgepack.models.source import ModelSource
+from edgepack.pipeline import TargetResult
+
+SCHEMA_VERSION = 1
+
+
+def artifact_dir(target_id: str) -> str:
+    return f"artifacts/{target_id}"
+
+
+def _artifact_entry(artifact: Artifact) -> dict[str, Any]:
+    root = artifact.path.parent
+    return {
+        "path": f"{artifact_dir(artifact.target_id)}/{artifact.path.relative_to(root).as_posix()}",
+        "files": [f"{artifact_dir(artifact.target_id)}/{f.relative_to(root).as_posix()}" for f in artifact.files],
+        "format": artifact.format,
+        "bytes": artifact.bytes,
+        "sha256": artifact.sha256(),
+        "precision": artifact.precision,
+        "converter": artifact.converter,
+        "inputs": [spec.to_dict() for spec in artifact.inputs],
+        "outputs": [spec.to_dict() for spec in artifact.outputs],
+        "settings": artifact.settings,
+        "notes": list(artifact.notes),
+    }
+
+
+def target_entry(result: TargetResult) -> dict[str, Any]:
+    """The manifest's record for one target."""
+    profile = result.profile
+    winner = result.winner
+    entry: dict[str, Any] = {
+        "profile": {"id": profile.id, "name": profile.name, "runtime": profile.runtime, "format": profile.format},
+        "status": result.status,
+        "error": result.error,
+        "recipe": winner.recipe if winner else None,
+        "recipe_chain": list(profile.recipes),
+        "attempts": [a.to_dict() for a in result.attempts],
+        "toolchain": result.artifact.toolchain if result.artifact else {},
+        "toolchain_pins": dict(profile.toolchain),
+        "runnable_here": result.runnable,
+        "artifact": _artifact_entry(result.artifact) if result.artifact else None,
+        "parity": winner.parity.to_dict() if winner and winner.parity else None,
+        "gate": winner.gate.to_dict() if winner and winner.gate else None,
+        "reports": [f"reports/{profile.id}/attempts.json"],
+    }
+    return entry
+
+
+def build_manifest(
+    name: str,
+    source: ModelSource,
+    results: list[TargetResult],
+    *,
+    calibration: str | None,
+    evaluation: str,
+    max_drop: float,
+) -> dict[str, Any]:
+    """Everything an app team and a release reviewer need, without the file hashes (added on commit)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "created_by": f"edgepack {__version__}",
+        "source": source.describe(),
+        "labels": source.labels,
+        "data": {"calibration": calibration, "evaluation": evaluation, "max_drop": max_drop},
+        "targets": {r.profile.id: target_entry(r) for r in results},
+        "status": "ok" if all(r.status == "ok" for r in results) else "partial",
+    }

@@ -1,0 +1,116 @@
+"""Atomic bundle writing: everything goes into a staging directory beside the destination, then one
+``rename`` puts it in place. An interrupted export leaves the previous bundle (if any) untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from edgepack.bundle.hashing import canonical_json, hash_tree
+from edgepack.errors import BundleError
+
+MANIFEST_NAME = "manifest.json"
+
+
+class BundleWriter:
+    """Context manager that stages a bundle and commits it with :meth:`commit`.
+
+    Leaving the ``with`` block without committing (an exception, SIGINT) removes the staging directory,
+    and removes ``out_dir`` too when this writer created it and it is empty.
+    """
+
+    def __init__(self, destination: Path) -> None:
+        self.destination = destination
+        self.staging: Path | None = None
+        self._created_parent = False
+        self._committed = False
+
+    def __enter__(self) -> "BundleWriter":
+        parent = self.destination.parent
+        if not parent.exists():
+            parent.mkdir(parents=True)
+            self._created_parent = True
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", suffix=".tmp", dir=parent))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.staging is not None and self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)
+        if not self._committed and self._created_parent:
+            try:
+                self.destination.parent.rmdir()
+            except OSError:
+                pass
+
+    def path(self, relative: str) -> Path:
+        """A path inside the staging directory (parents created)."""
+        assert self.staging is not None, "use BundleWriter as a context manager"
+        target = (self.staging / relative).resolve()
+        if not target.is_relative_to(self.staging.resolve()):
+            raise BundleError(f"bundle path '{relative}' escapes the bundle")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def add_file(self, source: Path, relative: str) -> Path:
+        target = self.path(relative)
+        shutil.copyfile(source, target)
+        return target
+
+    def add_json(self, relative: str, data: Any) -> Path:
+        target = self.path(relative)
+        target.write_bytes(canonical_json(data))
+        return target
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Hash every staged file into ``manifest['files']``, write the manifest and move into place."""
+        assert self.staging is not None, "use BundleWriter as a context manager"
+        manifest = dict(manifest)
+        manifest["files"] = hash_tree(self.staging, exclude=(MANIFEST_NAME,))
+        (self.staging / MANIFEST_NAME).write_bytes(canonical_json(manifest))
+        _fsync_tree(self.staging)
+        self._replace(self.staging, self.destination)
+        self._committed = True
+        self.staging = None
+        return self.destination
+
+    @staticmethod
+    def _replace(staging: Path, destination: Path) -> None:
+        if not destination.exists():
+            os.rename(staging, destination)
+            return
+        if not (destination / MANIFEST_NAME).is_file():
+            raise BundleError(f"{destination}: exists and is not an edgepack bundle; refusing to replace it")
+        retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
+        os.rename(destination, retired / "bundle")
+        try:
+            os.rename(staging, destination)
+        except OSError:
+            os.rename(retired / "bundle", destination)
+            raise
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    path = bundle / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{bundle}: not a bundle (no {MANIFEST_NAME})")
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: manifest is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: manifest must be a JSON object")
+    return data

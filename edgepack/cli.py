@@ -1,0 +1,220 @@
+"""The ``edgepack`` command line: parses arguments, calls :mod:`edgepack.api`, prints tables or JSON.
+
+Heavy toolchains are imported only inside commands so ``edgepack --help`` stays fast. Every
+:class:`~edgepack.errors.EdgepackError` becomes one line on stderr and exit code 2 (1 for a bundle that
+does not verify); a run where some target failed exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+
+from edgepack.errors import EdgepackError
+
+app = typer.Typer(
+    name="edgepack",
+    help="Compress, export, verify and bundle one trained model for many edge targets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+targets_app = typer.Typer(help="Inspect the target registry.", no_args_is_help=True)
+app.add_typer(targets_app, name="targets")
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except EdgepackError as exc:
+        message = " ".join(str(exc).split())
+        print(f"edgepack: error: {message}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("edgepack: interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@targets_app.command("list")
+def targets_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List every target profile."""
+    from edgepack.targets.registry import load_registry
+
+    with _user_errors():
+        registry = load_registry()
+    if as_json:
+        _print_json([_profile_row(p) for p in registry])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(registry)} targets")
+    for column in ("id", "name", "runtime", "format", "accelerators", "precisions", "recipes"):
+        table.add_column(column)
+    for profile in registry:
+        row = _profile_row(profile)
+        table.add_row(row["id"], row["name"], row["runtime"], row["format"], ", ".join(row["accelerators"]),
+                      ", ".join(row["precisions"]), " → ".join(row["recipes"]))
+    _console().print(table)
+
+
+def _profile_row(profile: Any) -> dict[str, Any]:
+    return {
+        "id": profile.id,
+        "name": profile.name,
+        "runtime": profile.runtime,
+        "format": profile.format,
+        "accelerators": list(profile.accelerators),
+        "precisions": profile.precisions,
+        "recipes": list(profile.recipes),
+    }
+
+
+@targets_app.command("show")
+def targets_show(
+    target_id: Annotated[str, typer.Argument(metavar="ID", help="Target id, e.g. jetson-orin.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show one target profile in full."""
+    from edgepack.targets.registry import load_registry
+
+    with _user_errors():
+        profile = load_registry().get(target_id)
+    data = profile.model_dump(mode="json", exclude_none=True)
+    if as_json:
+        _print_json(data)
+        return
+    console = _console()
+    console.print(f"[bold]{profile.id}[/bold] — {profile.name}")
+    console.print(f"runtime {profile.runtime} · format {profile.format} · memory {profile.memory_mb} MB · "
+                  f"dynamic shapes {'yes' if profile.dynamic_shapes else 'no'} · layout {profile.input_layout}")
+    if profile.peak_tops:
+        console.print("peak TOPS: " + ", ".join(f"{k} {v:g}" for k, v in profile.peak_tops.items()))
+    console.print("recipes: " + " → ".join(profile.recipes))
+    console.print("toolchain: " + (", ".join(f"{k}{v}" for k, v in profile.toolchain.items()) or "-"))
+    for name, acc in profile.accelerators.items():
+        ops = "all ops" if acc.all_ops else f"{len(acc.ops)} ops"
+        console.print(f"  accelerator [bold]{name}[/bold] ({acc.kind}): {', '.join(acc.precisions)}; {ops}"
+                      + (f" [{acc.source}]" if acc.source else ""))
+    for key, src in profile.sources.items():
+        console.print(f"  source {key}: {src.title} <{src.url}>")
+    for note in profile.notes:
+        console.print(f"  note: {note}")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, str], None]]:
+    if not enabled:
+        yield lambda target, stage: None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=_console(stderr=True), transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def update(target: str, stage: str) -> None:
+            for other, task in tasks.items():
+                if other != target:
+                    progress.update(task, visible=False)
+            if target not in tasks:
+                tasks[target] = progress.add_task(f"{target}: {stage}")
+            progress.update(tasks[target], description=f"{target}: {stage}", visible=True)
+
+        yield update
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="torchvision:NAME, timm:NAME, file.py:factory, model.onnx, model.pt2, hf:DIR or demo:digits")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="Target id (repeatable).")],
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration data (.npz/.npy).")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Labelled evaluation data (.npz with 'labels').")] = None,
+    max_drop: Annotated[float, typer.Option(help="Largest allowed metric drop (absolute; 0.01 = 1 point).")] = 0.01,
+    out: Annotated[Path, typer.Option(help="Directory that receives NAME.edgepack/.")] = Path("dist"),
+    name: Annotated[Optional[str], typer.Option(help="Bundle name (default: the model's).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help=".safetensors or state-dict .pt for torchvision/timm/factory sources.")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME:1x3x224x224:float32 (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Export SOURCE to every --target and write one verified bundle."""
+    from edgepack import api
+
+    with _user_errors(), _progress(not as_json and sys.stderr.isatty()) as progress:
+        result = api.export(source, target, calib=calib, eval_data=eval_data, max_drop=max_drop, out=out,
+                            name=name, weights=weights, inputs=inputs or (), progress=progress)
+    if as_json:
+        _print_json({"bundle": str(result.bundle), "ok": result.ok, "manifest": result.manifest})
+    else:
+        _print_export_table(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _human_bytes(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def _print_export_table(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"bundle {result.bundle}")
+    for column in ("target", "precision", "size", "parity", "accuracy", "status"):
+        table.add_column(column)
+    for entry_id, entry in result.manifest["targets"].items():
+        artifact = entry["artifact"] or {}
+        parity = entry["parity"]
+        gate = entry["gate"]
+        parity_text = f"cos {parity['mean_cosine']:.5f}, rel {parity['max_rel_error']:.1e}" if parity else "-"
+        if gate:
+            label = "" if gate["kind"] == "accuracy" else " (fidelity)"
+            accuracy = f"{gate['value']:.4f} vs {gate['baseline']:.4f}{label}"
+        else:
+            accuracy = "-"
+        if entry["status"] == "ok":
+            status = "[green]ok[/green]" + (f" ({entry['recipe']})" if entry["recipe"] else "")
+            if entry["runnable_here"] != "yes":
+                status += " · not run here"
+        else:
+            status = f"[red]{entry['status']}[/red]: {entry['error']}"
+        table.add_row(entry_id, artifact.get("precision", "-"), _human_bytes(artifact["bytes"]) if artifact else "-",
+                      parity_text, accuracy, status)
+    _console().print(table)
+
+
+@app.command()
+def verify(bundle: Annotated[Path, typer.Argument(help="Path to NAME.edgepack/.")]) -> None:
+    """Re-hash every file of BUNDLE against its manifest; exit 1 naming the first mismatch."""
+    from edgepack import api
+
+    with _user_errors():
+        result = api.verify(bundle)
+    print(f"{result.bundle}: ok ({result.files_checked} files, targets: {', '.join(result.targets) or '-'})")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
