@@ -1,0 +1,50 @@
+"""Shared fixtures. torch is imported first in every test process: TensorFlow (pulled in by some
+toolchains) followed by torch._dynamo segfaults on these machines."""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (import order matters, see module docstring)
+import torch._dynamo  # noqa: F401
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepack.compress.recipe import load_recipes
+from edgepack.targets.registry import load_registry
+
+
+@pytest.fixture(scope="session")
+def registry():
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def recipes():
+    return load_recipes()
+
+
+@pytest.fixture()
+def tiny_cnn_file(tmp_path: Path) -> Path:
+    """A python factory file defining a small CNN (3x16x16 input) and its input spec."""
+    path = tmp_path / "tiny.py"
+    path.write_text(
+        "import torch\n"
+        "from edgepack.models.source import TensorSpec\n"
+        "EDGEPACK_INPUTS = [TensorSpec('pixels', ('batch', 3, 16, 16), 'float32', 'NCHW')]\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(\n"
+        "        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),\n"
+        "        torch.nn.AvgPool2d(16), torch.nn.Flatten(), torch.nn.Linear(8, 5))\n"
+    )
+    return path
+
+
+@pytest.fixture()
+def calib_npz(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "calib.npz"
+    np.savez(path, pixels=rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    return path
