@@ -143,7 +143,10 @@ class _TupleOutputs:
 
 
 def _torch_source(kind: str, uri: str, name: str, module: Any, inputs: list[TensorSpec], output_names=None, **extra: Any) -> ModelSource:
-    module = module.eval()
+    try:
+        module = module.eval()
+    except NotImplementedError:  # modules of torch.export programs are already in inference form
+        pass
     outputs = _output_specs(module, inputs, output_names)
     return ModelSource(
         kind=kind,  # type: ignore[arg-type]
