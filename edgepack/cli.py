@@ -53,7 +53,10 @@ def _print_json(data: Any) -> None:
 
 
 @targets_app.command("list")
-def targets_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def targets_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="A Markdown table (the README's target table).")] = False,
+) -> None:
     """List every target profile."""
     from edgepack.targets.registry import load_registry
 
@@ -61,6 +64,12 @@ def targets_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
         registry = load_registry()
     if as_json:
         _print_json([_profile_row(p) for p in registry])
+        return
+    if markdown:
+        from edgepack.exporters.registry import available_runtimes
+        from edgepack.targets.table import markdown_table
+
+        sys.stdout.write(markdown_table(registry, set(available_runtimes())))
         return
     from rich.table import Table
 
