@@ -75,7 +75,7 @@ def _output_specs(module: Any, inputs: Sequence[TensorSpec], names: Sequence[str
         shapes = ", ".join(f"{s.name}:{s.shape_str()}" for s in inputs)
         raise InputError(f"the model rejects input(s) {shapes}: {_first_line(exc)}", hint="check --input") from None
     tensors = _flatten_outputs(result)
-    batch_symbolic = bool(inputs) and not isinstance(inputs[0].shape[0], int) if inputs and inputs[0].shape else False
+    batch_symbolic = bool(inputs and inputs[0].shape) and not isinstance(inputs[0].shape[0], int)
     specs = []
     for index, tensor in enumerate(tensors):
         shape: list[int | str] = list(tensor.shape)
@@ -333,7 +333,10 @@ def _load_hf(directory: Path, uri: str, given: Sequence[TensorSpec]) -> ModelSou
         raise SourceError(f"{directory}: not a Hugging Face model folder (no config.json)")
     try:
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
         _seeded()
         model = AutoModel.from_pretrained(str(directory), local_files_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -346,8 +349,15 @@ def _load_hf(directory: Path, uri: str, given: Sequence[TensorSpec]) -> ModelSou
     ]
     wrapped = _TupleOutputs(model)
     names = ["last_hidden_state", "pooler_output"]
-    source = _torch_source("hf", uri, directory.name, wrapped, _merge_inputs(inferred, given, uri), names)
-    return source
+    return _torch_source("hf", uri, _folder_name(directory), wrapped, _merge_inputs(inferred, given, uri), names)
+
+
+def _folder_name(directory: Path) -> str:
+    """The model's name from its folder; generic folder names defer to the parent folder."""
+    resolved = directory.resolve()
+    if resolved.name.lower() in ("model", "models", "checkpoint", "hf", "weights") and resolved.parent.name:
+        return resolved.parent.name
+    return resolved.name
 
 
 def _load_demo(name: str, uri: str, given: Sequence[TensorSpec]) -> ModelSource:
