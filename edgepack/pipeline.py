@@ -13,12 +13,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgepack.compress.gate import Gate, GateResult
-from edgepack.compress.recipe import RecipeBook
+from edgepack.compress.gate import Gate, GateResult, with_latency
+from edgepack.compress.passes import PassContext, apply_passes
+from edgepack.compress.recipe import Recipe, RecipeBook
+from edgepack.device_bench.compare import LatencyComparison, compare_latency
 from edgepack.data.dataset import Dataset
 from edgepack.errors import EdgepackError
 from edgepack.exporters.base import Artifact, Exporter, NotRunnable, Predictor
 from edgepack.exporters.registry import get_exporter
+from edgepack.models.reference import reference_predictor
 from edgepack.models.source import ModelSource
 from edgepack.parity import ParityReport, compare
 from edgepack.targets.schema import TargetProfile
@@ -38,6 +41,7 @@ class Attempt:
     converter: str | None = None
     parity: ParityReport | None = None
     gate: GateResult | None = None
+    latency: LatencyComparison | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +52,7 @@ class Attempt:
             "converter": self.converter,
             "parity": None if self.parity is None else self.parity.to_dict(),
             "gate": None if self.gate is None else self.gate.to_dict(),
+            "latency_vs_fp32": None if self.latency is None else self.latency.to_dict(),
         }
 
 
@@ -90,10 +95,40 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _check(artifact: Artifact, predictor: Predictor, evaluation: Evaluation, recipe_parity: Any) -> tuple[ParityReport, GateResult]:
-    parity = compare(evaluation.reference, predictor, evaluation.parity_inputs.batches(), recipe_parity)
-    gate = evaluation.gate.evaluate(evaluation.reference, predictor, evaluation.reference_logits())
-    return parity, gate
+class _Fp32Baseline:
+    """The same runtime's fp32 artifact, exported once per target, to time compressed artifacts against."""
+
+    def __init__(self, exporter: Exporter, source: ModelSource, profile: TargetProfile, recipes: RecipeBook, workdir: Path) -> None:
+        self._args = (exporter, source, profile, recipes, workdir)
+        self._predictor: Predictor | NotRunnable | None = None
+
+    def predictor(self) -> Predictor | None:
+        if self._predictor is None:
+            exporter, source, profile, recipes, workdir = self._args
+            try:
+                artifact = exporter.export(source, profile, recipes.get("fp32"), None, workdir / "_fp32_baseline")
+                self._predictor = exporter.predictor(artifact, source)
+            except Exception as exc:  # noqa: BLE001 - no baseline means latency is not measurable, not a failure
+                self._predictor = NotRunnable(f"fp32 baseline could not be built: {_one_line(exc)}")
+        return self._predictor if isinstance(self._predictor, Predictor) else None
+
+    def close(self) -> None:
+        if isinstance(self._predictor, Predictor):
+            self._predictor.close()
+
+
+def _check(
+    attempt: Attempt, recipe: Recipe, predictor: Predictor, evaluation: Evaluation, parity_reference: Predictor,
+    baseline: _Fp32Baseline,
+) -> None:
+    attempt.parity = compare(parity_reference, predictor, evaluation.parity_inputs.batches(), recipe.parity)
+    attempt.gate = evaluation.gate.evaluate(evaluation.reference, predictor, evaluation.reference_logits())
+    if recipe.precision == "fp32" and not recipe.passes:
+        return
+    fp32 = baseline.predictor()
+    if fp32 is not None:
+        attempt.latency = compare_latency(fp32, predictor, evaluation.parity_inputs.batch(0))
+        attempt.gate = with_latency(attempt.gate, attempt.latency.speedup, evaluation.gate.latency_tolerance)
 
 
 def run_target(
@@ -115,6 +150,24 @@ def run_target(
         hints = "; ".join(missing.values())
         return TargetResult(profile, "failed", error=f"toolchain for '{profile.runtime}' is missing: {hints}")
     result = TargetResult(profile, "failed")
+    baseline = _Fp32Baseline(exporter, source, profile, recipes, workdir)
+    try:
+        _walk_chain(result, exporter, source, recipes, calib, evaluation, workdir, baseline, progress)
+    finally:
+        baseline.close()
+    if result.artifact is not None:
+        result.status = "ok"
+    else:
+        tried = [a for a in result.attempts if a.status != "skipped"] or result.attempts
+        result.error = "; ".join(f"{a.recipe}: {a.reason}" for a in tried) or "no recipe to try"
+    return result
+
+
+def _walk_chain(
+    result: TargetResult, exporter: Exporter, source: ModelSource, recipes: RecipeBook, calib: Dataset | None,
+    evaluation: Evaluation, workdir: Path, baseline: _Fp32Baseline, progress: ProgressFn,
+) -> None:
+    profile = result.profile
     for name in profile.recipes:
         recipe = recipes.get(name)
         reason = exporter.supports(recipe)
@@ -125,17 +178,22 @@ def run_target(
         attempt = Attempt(name, "error", "")
         result.attempts.append(attempt)
         try:
+            compressed = source
+            if recipe.passes:
+                progress(profile.id, f"compressing {name}")
+                compressed = apply_passes(source, recipe.passes, PassContext(calib=calib))
             progress(profile.id, f"exporting {name}")
-            artifact = exporter.export(source, profile, recipe, calib, workdir / name)
+            artifact = exporter.export(compressed, profile, recipe, calib, workdir / name)
             attempt.converter = artifact.converter
-            predictor = exporter.predictor(artifact, source)
+            predictor = exporter.predictor(artifact, compressed)
             if isinstance(predictor, NotRunnable):
                 attempt.status, attempt.reason = "passed", f"exported; not runnable here: {predictor.reason}"
                 result.artifact, result.runnable = artifact, predictor.reason
                 break
             progress(profile.id, f"checking {name}")
+            parity_reference = evaluation.reference if compressed is source else reference_predictor(compressed)
             try:
-                attempt.parity, attempt.gate = _check(artifact, predictor, evaluation, recipe.parity)
+                _check(attempt, recipe, predictor, evaluation, parity_reference, baseline)
             finally:
                 predictor.close()
             if not attempt.parity.passed:
@@ -150,9 +208,3 @@ def run_target(
             attempt.status, attempt.reason = "error", _one_line(exc)
         finally:
             attempt.seconds = time.perf_counter() - started
-    if result.artifact is not None:
-        result.status = "ok"
-    else:
-        tried = [a for a in result.attempts if a.status != "skipped"] or result.attempts
-        result.error = "; ".join(f"{a.recipe}: {a.reason}" for a in tried) or "no recipe to try"
-    return result

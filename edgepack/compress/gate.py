@@ -6,7 +6,7 @@ agreement with the fp32 source for classifier outputs, else mean cosine) and say
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -59,6 +59,8 @@ class Gate:
     data: Dataset
     output: str
     max_drop: float = 0.01
+    latency_tolerance: float = 0.05
+    """A compressed artifact may be at most this fraction slower than fp32 (measurement noise), no more."""
 
     def evaluate(self, reference: Predictor, candidate: Predictor, reference_logits: np.ndarray | None = None) -> GateResult:
         ref = reference_logits if reference_logits is not None else _logits(reference, self.data, self.output)
@@ -82,3 +84,13 @@ class Gate:
         return _logits(reference, self.data, self.output)
 
 
+
+
+def with_latency(result: GateResult, speedup: float, tolerance: float) -> GateResult:
+    """Add the measured speed-up over the same runtime's fp32 artifact; reject a slower artifact."""
+    if speedup >= 1.0 - tolerance:
+        return replace(result, latency_ratio=speedup)
+    reason = f"slower than fp32 on this host ({speedup:.2f}x the fp32 speed)"
+    if not result.passed:
+        reason = f"{result.reason}; {reason}"
+    return replace(result, latency_ratio=speedup, passed=False, reason=reason)

@@ -39,6 +39,18 @@ class Calibration(_Strict):
     percentile: float = Field(default=99.99, gt=0, le=100)
 
 
+class Quantization(_Strict):
+    """How integer quantization is laid out (ignored by float recipes)."""
+
+    per_channel: bool = True
+    """Per-output-channel weight scales (per-tensor when false)."""
+    symmetric_activations: bool = False
+    """Symmetric (zero point 0) activation ranges, as TensorRT and some NPUs require."""
+    activations: Literal["int8", "int16"] = "int8"
+    io: Literal["float", "int8", "uint8"] = "float"
+    """Model input/output dtype: float keeps the graph I/O float; int8/uint8 for accelerators that need it."""
+
+
 class ParityTolerance(_Strict):
     """How close an artifact's outputs must be to the source model's on held-out inputs.
 
@@ -59,7 +71,9 @@ class Recipe(_Strict):
     precision: RecipePrecision
     passes: list[PassSpec] = Field(default_factory=list)
     calibration: Calibration = Field(default_factory=Calibration)
+    quantization: Quantization = Field(default_factory=Quantization)
     exclude: list[str] = Field(default_factory=list)
+    """Layer/node names kept in float (mixed precision)."""
     parity: ParityTolerance = Field(default_factory=ParityTolerance)
 
 

@@ -14,7 +14,8 @@ from edgepack.exporters.onnx import export_onnx
 from edgepack.models.source import ModelSource
 from edgepack.targets.schema import TargetProfile
 
-SUPPORTED = ("fp32", "fp16")
+SUPPORTED = ("fp32", "fp16", "int8", "int8-dynamic")
+QUANTIZED = ("int8", "int8-dynamic")
 DEFAULT_THREADS = 2
 
 
@@ -63,6 +64,11 @@ class OrtExporter(Exporter):
     def supports(self, recipe: Recipe) -> str | None:
         if recipe.precision not in SUPPORTED:
             return f"precision '{recipe.precision}' is not implemented for onnxruntime yet"
+        if recipe.precision in QUANTIZED:
+            from edgepack.compress.quantize import QuantizationPlan
+            from edgepack.exporters.ort_quant import unsupported_reason
+
+            return unsupported_reason(QuantizationPlan(recipe, None))
         return None
 
     def export(
@@ -74,17 +80,26 @@ class OrtExporter(Exporter):
         dynamic = profile.dynamic_shapes
         hub = export_onnx(source, workdir.parent / "_onnx", dynamic=dynamic)
         workdir.mkdir(parents=True, exist_ok=True)
-        staged = workdir / "staged.onnx"
-        if recipe.precision == "fp16":
-            to_fp16(hub, staged)
-        else:
-            shutil.copyfile(hub, staged)
         final = workdir / "model.onnx"
-        try:
-            optimise_offline(staged, final)
-        except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"ONNX Runtime offline optimisation failed: {str(exc).splitlines()[0][:200]}") from None
-        staged.unlink()
+        settings: dict[str, object] = {"dynamic_shapes": dynamic}
+        if recipe.precision in QUANTIZED:
+            from edgepack.compress.quantize import plan
+            from edgepack.exporters.ort_quant import quantize
+
+            # Quantized graphs ship as portable QDQ; ONNX Runtime fuses them when the session loads.
+            settings |= quantize(hub, final, plan(recipe, calib))
+        else:
+            staged = workdir / "staged.onnx"
+            if recipe.precision == "fp16":
+                to_fp16(hub, staged)
+            else:
+                shutil.copyfile(hub, staged)
+            try:
+                optimise_offline(staged, final)
+            except Exception as exc:  # noqa: BLE001
+                raise ExportError(f"ONNX Runtime offline optimisation failed: {str(exc).splitlines()[0][:200]}") from None
+            staged.unlink()
+            settings["opt_level"] = "ORT_ENABLE_EXTENDED"
         specs = source.inputs if dynamic else [s.with_static_shape() for s in source.inputs]
         outputs = source.outputs if dynamic else [s.with_static_shape() for s in source.outputs]
         return Artifact(
@@ -99,7 +114,7 @@ class OrtExporter(Exporter):
             outputs=tuple(outputs),
             toolchain=self.toolchain().versions,
             converter="torch.onnx" if source.torch_module is not None else "onnx",
-            settings={"opt_level": "ORT_ENABLE_EXTENDED", "dynamic_shapes": dynamic},
+            settings=settings,
         )
 
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
