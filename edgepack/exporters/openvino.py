@@ -12,7 +12,8 @@ from edgepack.exporters.onnx import export_onnx
 from edgepack.models.source import ModelSource
 from edgepack.targets.schema import TargetProfile
 
-SUPPORTED = ("fp32", "fp16")
+SUPPORTED = ("fp32", "fp16", "int8", "int8-dynamic")
+QUANTIZED = ("int8", "int8-dynamic")
 DEFAULT_THREADS = 2
 
 
@@ -42,6 +43,11 @@ class OpenVinoExporter(Exporter):
     def supports(self, recipe: Recipe) -> str | None:
         if recipe.precision not in SUPPORTED:
             return f"precision '{recipe.precision}' is not implemented for openvino yet"
+        if recipe.precision in QUANTIZED:
+            from edgepack.compress.quantize import QuantizationPlan
+            from edgepack.exporters.openvino_quant import unsupported_reason
+
+            return unsupported_reason(QuantizationPlan(recipe, None))
         return None
 
     def export(
@@ -56,11 +62,18 @@ class OpenVinoExporter(Exporter):
         hub = export_onnx(source, workdir.parent / "_onnx", dynamic=dynamic)
         workdir.mkdir(parents=True, exist_ok=True)
         xml = workdir / "model.xml"
+        settings: dict[str, object] = {"compress_to_fp16": recipe.precision == "fp16", "dynamic_shapes": dynamic}
         try:
             model = ov.convert_model(str(hub))
-            ov.save_model(model, str(xml), compress_to_fp16=recipe.precision == "fp16")
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"OpenVINO conversion failed: {str(exc).strip().splitlines()[0][:200]}") from None
+        if recipe.precision in QUANTIZED:
+            from edgepack.compress.quantize import plan
+            from edgepack.exporters.openvino_quant import quantize
+
+            model, used = quantize(model, plan(recipe, calib))
+            settings |= used
+        ov.save_model(model, str(xml), compress_to_fp16=recipe.precision == "fp16")
         specs = source.inputs if dynamic else [s.with_static_shape() for s in source.inputs]
         outputs = source.outputs if dynamic else [s.with_static_shape() for s in source.outputs]
         return Artifact(
@@ -75,7 +88,7 @@ class OpenVinoExporter(Exporter):
             outputs=tuple(outputs),
             toolchain=self.toolchain().versions,
             converter="openvino.convert_model",
-            settings={"compress_to_fp16": recipe.precision == "fp16", "dynamic_shapes": dynamic},
+            settings=settings,
         )
 
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:

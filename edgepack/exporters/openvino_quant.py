@@ -1,0 +1,94 @@
+"""OpenVINO quantization through NNCF, driven by edgepack's calibration data and exclude list.
+
+Static int8 uses ``nncf.quantize`` (symmetric activations: the PERFORMANCE preset; asymmetric: MIXED);
+dynamic int8 maps to NNCF int8 weight compression (activations stay float on the CPU plugin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from edgepack.compress.quantize import QuantizationPlan
+
+_RANGE_ESTIMATORS = ("minmax", "percentile")
+
+
+def unsupported_reason(plan: QuantizationPlan) -> str | None:
+    """Why NNCF cannot apply this plan, or ``None``."""
+    method = plan.recipe.calibration.method
+    if plan.static and method not in _RANGE_ESTIMATORS:
+        return f"calibration method '{method}' is not mapped to NNCF (use {', '.join(_RANGE_ESTIMATORS)})"
+    if plan.recipe.quantization.activations == "int16":
+        return "int16 activations are not offered by the OpenVINO CPU plugin"
+    if plan.recipe.quantization.io != "float":
+        return "integer model I/O is not implemented for openvino"
+    if not plan.recipe.quantization.per_channel:
+        return "NNCF always quantizes weights per channel on CPU; per-tensor is not offered"
+    return None
+
+
+def _advanced(plan: QuantizationPlan) -> Any:
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import (
+        AggregatorType,
+        RangeEstimatorParameters,
+        RangeEstimatorParametersSet,
+        StatisticsCollectorParameters,
+        StatisticsType,
+    )
+
+    if plan.recipe.calibration.method == "percentile":
+        outlier = 1.0 - plan.recipe.calibration.percentile / 100.0
+        estimator = RangeEstimatorParameters(
+            min=StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MIN, quantile_outlier_prob=outlier),
+            max=StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MAX, quantile_outlier_prob=outlier),
+        )
+    else:
+        estimator = RangeEstimatorParametersSet.MINMAX
+    return AdvancedQuantizationParameters(activations_range_estimator_params=estimator)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """NNCF draws Rich progress bars on stdout; the CLI owns the terminal, so swallow them."""
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def quantize(model: Any, plan: QuantizationPlan) -> tuple[Any, dict[str, object]]:
+    """Return the quantized ``openvino.Model`` and the settings actually used."""
+    with _quiet():
+        return _quantize(model, plan)
+
+
+def _quantize(model: Any, plan: QuantizationPlan) -> tuple[Any, dict[str, object]]:
+    import nncf
+
+    ignored = nncf.IgnoredScope(names=list(plan.exclude), validate=False) if plan.exclude else None
+    if not plan.static:
+        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
+        return compressed, {"mode": "weight-compression", "weights": "int8_asym", "excluded": list(plan.exclude)}
+    q = plan.recipe.quantization
+    preset = nncf.QuantizationPreset.PERFORMANCE if q.symmetric_activations else nncf.QuantizationPreset.MIXED
+    batches = list(plan.calibration_batches())
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(batches),
+        preset=preset,
+        subset_size=len(batches),
+        ignored_scope=ignored,
+        advanced_parameters=_advanced(plan),
+    )
+    return quantized, {
+        "mode": "static",
+        "preset": preset.name,
+        "calibration": plan.recipe.calibration.method,
+        "calibration_samples": len(batches),
+        "excluded": list(plan.exclude),
+    }
