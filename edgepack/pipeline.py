@@ -5,6 +5,8 @@ The first recipe whose artifact passes parity and the gate wins; every attempt i
 
 from __future__ import annotations
 
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,10 +18,12 @@ import numpy as np
 from edgepack.compress.gate import Gate, GateResult, with_latency
 from edgepack.compress.passes import PassContext, apply_passes
 from edgepack.compress.recipe import Recipe, RecipeBook
+from edgepack.compress.sensitivity import LayerSensitivity, exclusion_candidates, quantizable_layers, rank_layers
 from edgepack.device_bench.compare import LatencyComparison, compare_latency
 from edgepack.data.dataset import Dataset
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, UnsupportedError
 from edgepack.exporters.base import Artifact, Exporter, NotRunnable, Predictor
+from edgepack.exporters.onnx import export_onnx
 from edgepack.exporters.registry import get_exporter
 from edgepack.models.reference import reference_predictor
 from edgepack.models.source import ModelSource
@@ -42,6 +46,8 @@ class Attempt:
     parity: ParityReport | None = None
     gate: GateResult | None = None
     latency: LatencyComparison | None = None
+    excluded: list[str] = field(default_factory=list)
+    """Layers kept in float (mixed precision)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +59,7 @@ class Attempt:
             "parity": None if self.parity is None else self.parity.to_dict(),
             "gate": None if self.gate is None else self.gate.to_dict(),
             "latency_vs_fp32": None if self.latency is None else self.latency.to_dict(),
+            "excluded_layers": self.excluded,
         }
 
 
@@ -67,10 +74,12 @@ class TargetResult:
     error: str | None = None
     runnable: str = "yes"
     """``yes``, or the reason the artifact could not be run on this host."""
+    sensitivity: list[dict[str, object]] | None = None
+    """Per-layer sensitivity ranking, when a mixed-precision recipe was tried."""
 
     @property
     def winner(self) -> Attempt | None:
-        return next((a for a in self.attempts if a.status == "passed"), None)
+        return next((a for a in reversed(self.attempts) if a.status == "passed"), None)
 
 
 @dataclass
@@ -152,7 +161,7 @@ def run_target(
     result = TargetResult(profile, "failed")
     baseline = _Fp32Baseline(exporter, source, profile, recipes, workdir)
     try:
-        _walk_chain(result, exporter, source, recipes, calib, evaluation, workdir, baseline, progress)
+        _Chain(result, exporter, source, recipes, calib, evaluation, workdir, baseline, progress).walk()
     finally:
         baseline.close()
     if result.artifact is not None:
@@ -163,37 +172,43 @@ def run_target(
     return result
 
 
-def _walk_chain(
-    result: TargetResult, exporter: Exporter, source: ModelSource, recipes: RecipeBook, calib: Dataset | None,
-    evaluation: Evaluation, workdir: Path, baseline: _Fp32Baseline, progress: ProgressFn,
-) -> None:
-    profile = result.profile
-    for name in profile.recipes:
-        recipe = recipes.get(name)
-        reason = exporter.supports(recipe)
-        if reason is not None:
-            result.attempts.append(Attempt(name, "skipped", reason))
-            continue
+@dataclass
+class _Chain:
+    """Everything one target's recipe attempts share."""
+
+    result: TargetResult
+    exporter: Exporter
+    source: ModelSource
+    recipes: RecipeBook
+    calib: Dataset | None
+    evaluation: Evaluation
+    workdir: Path
+    baseline: _Fp32Baseline
+    progress: ProgressFn
+
+    def attempt(self, recipe: Recipe, label: str) -> Attempt:
+        """Export with ``recipe``, run it, check parity/gate/latency; record and return the attempt."""
+        profile = self.result.profile
         started = time.perf_counter()
-        attempt = Attempt(name, "error", "")
-        result.attempts.append(attempt)
+        attempt = Attempt(label, "error", "")
+        self.result.attempts.append(attempt)
         try:
-            compressed = source
+            compressed = self.source
             if recipe.passes:
-                progress(profile.id, f"compressing {name}")
-                compressed = apply_passes(source, recipe.passes, PassContext(calib=calib))
-            progress(profile.id, f"exporting {name}")
-            artifact = exporter.export(compressed, profile, recipe, calib, workdir / name)
+                self.progress(profile.id, f"compressing {label}")
+                compressed = apply_passes(self.source, recipe.passes, PassContext(calib=self.calib))
+            self.progress(profile.id, f"exporting {label}")
+            artifact = self.exporter.export(compressed, profile, recipe, self.calib, self.workdir / _dirname(label))
             attempt.converter = artifact.converter
-            predictor = exporter.predictor(artifact, compressed)
+            predictor = self.exporter.predictor(artifact, compressed)
             if isinstance(predictor, NotRunnable):
                 attempt.status, attempt.reason = "passed", f"exported; not runnable here: {predictor.reason}"
-                result.artifact, result.runnable = artifact, predictor.reason
-                break
-            progress(profile.id, f"checking {name}")
-            parity_reference = evaluation.reference if compressed is source else reference_predictor(compressed)
+                self.result.artifact, self.result.runnable = artifact, predictor.reason
+                return attempt
+            self.progress(profile.id, f"checking {label}")
+            reference = self.evaluation.reference if compressed is self.source else reference_predictor(compressed)
             try:
-                _check(attempt, recipe, predictor, evaluation, parity_reference, baseline)
+                _check(attempt, recipe, predictor, self.evaluation, reference, self.baseline)
             finally:
                 predictor.close()
             if not attempt.parity.passed:
@@ -202,9 +217,83 @@ def _walk_chain(
                 attempt.status, attempt.reason = "rejected", f"gate: {attempt.gate.reason}"
             else:
                 attempt.status, attempt.reason = "passed", "parity and gate passed"
-                result.artifact = artifact
-                break
+                self.result.artifact = artifact
         except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
             attempt.status, attempt.reason = "error", _one_line(exc)
         finally:
             attempt.seconds = time.perf_counter() - started
+        return attempt
+
+    def sensitivity(self, recipe: Recipe) -> list[LayerSensitivity]:
+        """Rank quantizable layers by the metric drop when each alone is quantized (on an eval subset)."""
+        int8 = recipe.model_copy(update={"precision": "int8", "exclude": []})
+        hub = export_onnx(self.source, self.workdir / "_onnx", dynamic=self.result.profile.dynamic_shapes)
+        layers = quantizable_layers(hub, recipe.mixed.max_layers_ranked)
+        gate = self.evaluation.gate
+        subset = gate.data.take(slice(0, recipe.mixed.sensitivity_samples))
+        quick = Gate(subset, gate.output, gate.max_drop)
+        reference_logits = quick.reference_logits(self.evaluation.reference)
+        baseline = quick.evaluate(self.evaluation.reference, self.evaluation.reference, reference_logits).value
+        counter = iter(range(len(layers) + 1))
+
+        def evaluate(exclude: list[str]) -> float:
+            self.progress(self.result.profile.id, f"sensitivity {next(counter) + 1}/{len(layers)}")
+            variant = int8.model_copy(update={"exclude": exclude})
+            artifact = self.exporter.export(self.source, self.result.profile, variant, self.calib,
+                                            self.workdir / "_sensitivity")
+            predictor = self.exporter.predictor(artifact, self.source)
+            if isinstance(predictor, NotRunnable):
+                raise UnsupportedError(f"sensitivity analysis needs a host predictor: {predictor.reason}")
+            try:
+                return quick.evaluate(self.evaluation.reference, predictor, reference_logits).value
+            finally:
+                predictor.close()
+                shutil.rmtree(self.workdir / "_sensitivity", ignore_errors=True)
+
+        return rank_layers(layers, baseline, evaluate)
+
+    def mixed(self, recipe: Recipe) -> None:
+        """Keep the fewest most sensitive layers in float until an attempt passes."""
+        ranking_attempt = Attempt(recipe.name, "error", "")
+        started = time.perf_counter()
+        try:
+            ranking = self.sensitivity(recipe)
+        except Exception as exc:  # noqa: BLE001
+            ranking_attempt.reason = f"sensitivity analysis failed: {_one_line(exc)}"
+            self.result.attempts.append(ranking_attempt)
+            return
+        self.result.sensitivity = [r.to_dict() for r in ranking]
+        candidates = exclusion_candidates(ranking, recipe.mixed.max_float_layers)
+        if not candidates:
+            ranking_attempt.status, ranking_attempt.reason = "skipped", "no layer loses accuracy when quantized alone"
+            ranking_attempt.seconds = time.perf_counter() - started
+            self.result.attempts.append(ranking_attempt)
+            return
+        for exclude in candidates:
+            variant = recipe.model_copy(update={"precision": "int8", "exclude": exclude})
+            attempt = self.attempt(variant, f"{recipe.name}[{len(exclude)} float]")
+            attempt.excluded = exclude
+            if self.result.artifact is not None:
+                return
+
+    def walk(self) -> None:
+        """Try the profile's recipes in order; the first that passes wins."""
+        for name in self.result.profile.recipes:
+            recipe = self.recipes.get(name)
+            probe = recipe.model_copy(update={"precision": "int8"}) if recipe.precision == "mixed" else recipe
+            reason = self.exporter.supports(probe)
+            if reason is None and probe.precision == "int8" and self.calib is None:
+                reason = "static int8 needs calibration data (--calib)"
+            if reason is not None:
+                self.result.attempts.append(Attempt(name, "skipped", reason))
+                continue
+            if recipe.precision == "mixed":
+                self.mixed(recipe)
+            else:
+                self.attempt(recipe, name)
+            if self.result.artifact is not None:
+                return
+
+
+def _dirname(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label)

@@ -50,6 +50,7 @@ def target_entry(result: TargetResult) -> dict[str, Any]:
         "artifact": _artifact_entry(result.artifact) if result.artifact else None,
         "parity": winner.parity.to_dict() if winner and winner.parity else None,
         "gate": winner.gate.to_dict() if winner and winner.gate else None,
+        "sensitivity": result.sensitivity,
         "reports": [f"reports/{profile.id}/attempts.json"],
     }
     return entry

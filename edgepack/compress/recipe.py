@@ -51,6 +51,16 @@ class Quantization(_Strict):
     """Model input/output dtype: float keeps the graph I/O float; int8/uint8 for accelerators that need it."""
 
 
+class MixedPrecision(_Strict):
+    """Sensitivity-driven mixed precision: keep the fewest most sensitive layers in float."""
+
+    max_float_layers: int = Field(default=8, ge=1)
+    sensitivity_samples: int = Field(default=200, ge=1)
+    """Evaluation samples used to rank layers (the full gate still runs on every candidate)."""
+    max_layers_ranked: int = Field(default=64, ge=1)
+    """Rank at most this many quantizable layers (the first ones in graph order)."""
+
+
 class ParityTolerance(_Strict):
     """How close an artifact's outputs must be to the source model's on held-out inputs.
 
@@ -72,6 +82,7 @@ class Recipe(_Strict):
     passes: list[PassSpec] = Field(default_factory=list)
     calibration: Calibration = Field(default_factory=Calibration)
     quantization: Quantization = Field(default_factory=Quantization)
+    mixed: MixedPrecision = Field(default_factory=MixedPrecision)
     exclude: list[str] = Field(default_factory=list)
     """Layer/node names kept in float (mixed precision)."""
     parity: ParityTolerance = Field(default_factory=ParityTolerance)

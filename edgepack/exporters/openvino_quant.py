@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from edgepack.compress.quantize import QuantizationPlan
+from edgepack.errors import ExportError
 
 _RANGE_ESTIMATORS = ("minmax", "percentile")
 
@@ -61,6 +62,21 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def _ov_names(model: Any, exclude: tuple[str, ...]) -> list[str]:
+    """OpenVINO op names for ONNX node names: the converter keeps the name and splits a biased
+    Conv/Gemm into ``NAME/WithoutBiases`` (the compute op) plus an ``Add`` named ``NAME``."""
+    if not exclude:
+        return []
+    names: list[str] = []
+    ops = [op.get_friendly_name() for op in model.get_ordered_ops()]
+    for wanted in exclude:
+        matched = [name for name in ops if name == wanted or name.startswith(wanted.rstrip("/") + "/")]
+        if not matched:
+            raise ExportError(f"exclude entry '{wanted}' matches no operation of the OpenVINO model")
+        names.extend(m for m in matched if m not in names)
+    return names
+
+
 def quantize(model: Any, plan: QuantizationPlan) -> tuple[Any, dict[str, object]]:
     """Return the quantized ``openvino.Model`` and the settings actually used."""
     with _quiet():
@@ -70,7 +86,8 @@ def quantize(model: Any, plan: QuantizationPlan) -> tuple[Any, dict[str, object]
 def _quantize(model: Any, plan: QuantizationPlan) -> tuple[Any, dict[str, object]]:
     import nncf
 
-    ignored = nncf.IgnoredScope(names=list(plan.exclude), validate=False) if plan.exclude else None
+    names = _ov_names(model, plan.exclude)
+    ignored = nncf.IgnoredScope(names=names) if names else None
     if not plan.static:
         compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
         return compressed, {"mode": "weight-compression", "weights": "int8_asym", "excluded": list(plan.exclude)}
