@@ -1,0 +1,373 @@
+"""Subprocess entry of the TFLite exporter: ``python -m edgepack.exporters._tflite_worker MODE REQUEST.json``.
+
+The conversion toolchains run here, never in the parent process, because
+
+* onnx2tf and litert-torch import TensorFlow, which must not be imported before torch in the parent
+  (TensorFlow first, then ``torch._dynamo``, segfaults — see FIELD-NOTES "Import order");
+* onnx2tf calls ``sys.exit(1)`` on many failures and leaves global state behind;
+* onnx2tf reaches for the internet (see :func:`_offline_sample_images`), which export must never do.
+
+Modes:
+
+``onnx2tf``
+    Simplify the static ONNX with onnxslim (input shapes fixed), sanitise node names that TensorFlow
+    rejects as scope names, then run ``onnx2tf.convert`` with ``output_signaturedefs=True``.
+``litert-torch``
+    Load a ``torch.export`` program (``.pt2``) and convert it with ``litert_torch.convert(...).export()``.
+
+The request is a JSON file written by :mod:`edgepack.exporters.tflite`; the worker writes a JSON result
+(``{"ok": true, ...}`` or ``{"ok": false, "error": ONE_LINE}``) to the path the request names and exits
+0 on success, 1 on a conversion failure, 3 when an optional converter is not installed. Everything the
+toolchains print goes to this process's stdout/stderr, which the parent captures into a log file.
+
+This module imports only the standard library and numpy at import time, so that its network guard can
+be installed (and tested) before any toolchain is imported. The onnx2tf mode never imports torch (it
+does not need it, and ``torch._dynamo`` after TensorFlow would crash); the litert-torch mode imports
+torch and ``torch._dynamo`` before anything that pulls TensorFlow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_REQUEST = 2
+EXIT_MISSING = 3
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+ONNX2TF_SAMPLE_SHAPE = (20, 128, 128, 3)
+"""Shape of onnx2tf's downloadable sample-image array (20 MS-COCO images, NHWC, float32 in 0..1)."""
+
+_TF_SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+_TF_SCOPE_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.\\/>-]")
+
+
+# --------------------------------------------------------------------------------------------------
+# Network guard
+# --------------------------------------------------------------------------------------------------
+
+
+class NetworkBlockedError(ConnectionRefusedError):
+    """Raised for any non-loopback network access after :func:`install_network_guard`."""
+
+
+def is_loopback_host(host: object) -> bool:
+    """True for loopback addresses and names (``127.0.0.0/8``, ``::1``, ``localhost``) and ``None``."""
+    if host is None:
+        return True  # getaddrinfo(None, port) resolves to the local host
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not isinstance(host, str):
+        return False
+    name = host.strip().strip("[]").split("%", 1)[0].lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _blocked(what: str, host: object) -> NetworkBlockedError:
+    return NetworkBlockedError(f"edgepack: network access is disabled during conversion ({what} {host!r})")
+
+
+def _check_address(sock: socket.socket, address: Any, what: str) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0] if isinstance(address, tuple) and address else address
+        if not is_loopback_host(host):
+            raise _blocked(what, host)
+
+
+def install_network_guard() -> None:
+    """Make every non-loopback connection attempt from Python code in this process raise.
+
+    Patches name resolution (``socket.getaddrinfo``, ``gethostbyname``), ``socket.create_connection``
+    and ``socket.socket.connect`` / ``connect_ex`` / ``sendto`` (``requests``/``urllib3``/``urllib`` all go
+    through these). Unix sockets and loopback addresses keep working. Idempotent. Native code that opens
+    sockets itself (not Python's ``socket`` module) is not covered; onnx2tf's only download uses
+    ``requests``.
+    """
+    if getattr(socket, "_edgepack_guarded", False):
+        return
+    original_getaddrinfo = socket.getaddrinfo
+    original_gethostbyname = socket.gethostbyname
+    original_create_connection = socket.create_connection
+    original_connect = socket.socket.connect
+    original_connect_ex = socket.socket.connect_ex
+    original_sendto = socket.socket.sendto
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not is_loopback_host(host):
+            raise _blocked("resolve", host)
+        return original_getaddrinfo(host, *args, **kwargs)
+
+    def gethostbyname(host: str) -> str:
+        if not is_loopback_host(host):
+            raise _blocked("resolve", host)
+        return original_gethostbyname(host)
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+        if not is_loopback_host(address[0]):
+            raise _blocked("connect", address[0])
+        return original_create_connection(address, *args, **kwargs)
+
+    def connect(self: socket.socket, address: Any) -> None:
+        _check_address(self, address, "connect")
+        return original_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        _check_address(self, address, "connect")
+        return original_connect_ex(self, address)
+
+    def sendto(self: socket.socket, data: Any, *args: Any) -> int:
+        if args:
+            _check_address(self, args[-1], "send to")
+        return original_sendto(self, data, *args)
+
+    socket.getaddrinfo = getaddrinfo
+    socket.gethostbyname = gethostbyname
+    socket.create_connection = create_connection
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socket.socket.sendto = sendto  # type: ignore[method-assign,assignment]
+    socket._edgepack_guarded = True  # type: ignore[attr-defined]
+    for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        os.environ.pop(proxy, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX preparation (onnxslim + name sanitising)
+# --------------------------------------------------------------------------------------------------
+
+
+def _simplify(model: Any, input_shapes: dict[str, list[int]], notes: list[str]) -> Any:
+    """onnxslim with the input shapes pinned; on failure keep the model as it is and say so."""
+    try:
+        import onnxslim
+
+        shapes = [f"{name}:{','.join(str(d) for d in dims)}" for name, dims in input_shapes.items()]
+        slimmed = onnxslim.slim(model, input_shapes=shapes or None)
+    except Exception as exc:  # noqa: BLE001 - simplification is best-effort
+        notes.append(f"onnxslim skipped: {type(exc).__name__}: {_first_line(exc)}")
+        return model
+    return slimmed if slimmed is not None else model
+
+
+def _tf_acceptable(name: str) -> bool:
+    """Whether ``name`` is a valid TF scope name once onnx2tf's own fixes (``:`` -> ``__``, leading
+    ``/`` -> ``wa/``) are applied."""
+    fixed = re.sub(r"^/", "wa/", name.replace(":", "__"))
+    return bool(fixed) and bool(_TF_SCOPE_NAME.match(fixed))
+
+
+def sanitize_node_names(model: Any) -> int:
+    """Rename ONNX nodes whose names TensorFlow rejects as scope names; returns how many were renamed.
+
+    TF requires ``^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$``; onnx2tf itself only fixes ``:`` and a leading
+    ``/``, so names such as ``conv@1`` or ``layer 1`` can fail the SavedModel export. Empty names are
+    filled in, and new names are kept unique. Tensor names are left alone.
+    """
+    nodes = list(model.graph.node)
+    used = {node.name for node in nodes}
+    renamed = 0
+    for index, node in enumerate(nodes):
+        if _tf_acceptable(node.name):
+            continue
+        base = _TF_SCOPE_BAD_CHARS.sub("_", node.name) or f"{node.op_type}_{index}"
+        if not _TF_SCOPE_NAME.match(base):
+            base = f"n{base}"
+        candidate, suffix = base, 1
+        while candidate in used:
+            candidate, suffix = f"{base}_{suffix}", suffix + 1
+        used.add(candidate)
+        node.name = candidate
+        renamed += 1
+    return renamed
+
+
+def prepare_onnx(source: Path, target: Path, input_shapes: dict[str, list[int]], notes: list[str]) -> Path:
+    """Write the simplified, name-sanitised copy of ``source`` to ``target``."""
+    import onnx
+
+    model = onnx.load(str(source))
+    model = _simplify(model, input_shapes, notes)
+    renamed = sanitize_node_names(model)
+    if renamed:
+        notes.append(f"renamed {renamed} ONNX node(s) whose names TensorFlow rejects")
+    onnx.save(model, str(target))
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# onnx2tf
+# --------------------------------------------------------------------------------------------------
+
+
+def _offline_sample_images(path: str | None) -> Callable[[], np.ndarray]:
+    """A stand-in for ``onnx2tf.utils.common_functions.download_test_image_data``.
+
+    What onnx2tf 1.28.8 does (read from its source): ``download_test_image_data()`` returns
+    ``calibration_image_sample_data_20x128x128x3_float32.npy`` from the *current directory* if that
+    file exists, else downloads it with ``requests.get`` from GitHub releases (then wasabisys.com on
+    timeout). ``onnx2tf.convert`` calls it in two places:
+
+    1. always, before its ONNX dummy inference, when every model input is 4-D with a static batch
+       <= 20, static H/W and 3 channels after the NCHW->NHWC transpose (``onnx2tf.py`` ~L1074-1093).
+       This happens for plain fp32 conversions of any RGB image model, and passing
+       ``custom_input_op_name_np_data_path`` does NOT prevent it (the custom data only replaces the
+       downloaded images later, inside ``dummy_onnx_inference``);
+    2. for full-int8 output, when no ``custom_input_op_name_np_data_path`` is given (~L1729-1734).
+
+    So the worker replaces the function (onnx2tf imports it by name into ``onnx2tf.onnx2tf``) with
+    this one, which returns the caller's calibration images (already NHWC, saved by the parent) or a
+    deterministic synthetic array of the same shape and range; int8 callers must always pass
+    calibration data through ``custom_input_op_name_np_data_path``. The network guard is the second
+    line of defence.
+    """
+
+    def sample_images() -> np.ndarray:
+        if path:
+            data = np.load(path, allow_pickle=False).astype(np.float32)
+            if data.ndim == 4 and data.shape[-1] == 3 and len(data) > 0:
+                return data[: ONNX2TF_SAMPLE_SHAPE[0]]
+        return np.random.default_rng(0).random(ONNX2TF_SAMPLE_SHAPE, dtype=np.float32)
+
+    return sample_images
+
+
+def _disable_onnx2tf_downloads(sample_path: str | None) -> None:
+    import onnx2tf.onnx2tf as converter_module
+    import onnx2tf.utils.common_functions as common
+
+    replacement = _offline_sample_images(sample_path)
+    converter_module.download_test_image_data = replacement  # type: ignore[attr-defined]
+    common.download_test_image_data = replacement  # type: ignore[attr-defined]
+
+
+def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
+    """Prepare the ONNX file, convert it with onnx2tf, and report the produced ``.tflite`` files.
+
+    onnx2tf names its outputs after the input file, so the prepared file is ``model.onnx`` and the
+    results are ``model_float32.tflite`` / ``model_float16.tflite``.
+    """
+    notes: list[str] = []
+    out_dir = Path(request["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare_onnx(
+        Path(request["onnx"]), out_dir.parent / "model.onnx", request.get("input_shapes", {}), notes
+    )
+    import onnx2tf
+
+    _disable_onnx2tf_downloads(request.get("sample_images"))
+    calib = [[name, path] for name, path in request.get("calib", {}).items()]
+    keep_ncw = request.get("keep_ncw_input_names") or None
+    onnx2tf.convert(
+        input_onnx_file_path=str(prepared),
+        output_folder_path=str(out_dir),
+        output_signaturedefs=True,
+        non_verbose=True,
+        custom_input_op_name_np_data_path=calib or None,
+        keep_ncw_or_nchw_or_ncdhw_input_names=keep_ncw,
+        replace_to_pseudo_operators=request.get("pseudo_ops") or None,
+    )
+    files = {
+        precision: str(out_dir / f"model_{suffix}.tflite")
+        for precision, suffix in (("fp32", "float32"), ("fp16", "float16"))
+        if (out_dir / f"model_{suffix}.tflite").exists()
+    }
+    if not files:
+        raise RuntimeError("onnx2tf finished without writing a .tflite file")
+    return {"ok": True, "files": files, "notes": notes}
+
+
+# --------------------------------------------------------------------------------------------------
+# litert-torch
+# --------------------------------------------------------------------------------------------------
+
+
+class ConverterMissing(Exception):
+    """An optional converter is not importable in this environment."""
+
+
+def run_litert_torch(request: dict[str, Any]) -> dict[str, Any]:
+    """Convert a saved ``torch.export`` program with litert-torch (torch is imported before any TF)."""
+    import torch
+    import torch._dynamo  # noqa: F401 - must precede TensorFlow (imported by litert_torch)
+
+    try:
+        import litert_torch
+    except ImportError as exc:
+        raise ConverterMissing(f"litert-torch not importable: {_first_line(exc)}") from exc
+    program = torch.export.load(request["program"])
+    module = program.module()
+    sample_args = tuple(torch.from_numpy(np.load(path, allow_pickle=False)) for path in request["sample_args"])
+    edge_model = litert_torch.convert(module, sample_args)
+    edge_model.export(request["output"])
+    return {"ok": True, "files": {request["precision"]: request["output"]}, "notes": []}
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
+
+MODES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "onnx2tf": run_onnx2tf,
+    "litert-torch": run_litert_torch,
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:400]
+
+
+def _write_result(path: Path, result: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _run(mode: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    try:
+        return EXIT_OK, MODES[mode](request)
+    except ConverterMissing as exc:
+        return EXIT_MISSING, {"ok": False, "missing": True, "error": str(exc)}
+    except SystemExit as exc:  # onnx2tf calls sys.exit(1) after printing "ERROR: ..." lines
+        return EXIT_FAILED, {"ok": False, "error": f"converter exited with status {exc.code}"}
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+        traceback.print_exc()
+        return EXIT_FAILED, {"ok": False, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one conversion request; see the module docstring for the protocol."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in MODES:
+        sys.stderr.write(f"usage: python -m edgepack.exporters._tflite_worker {{{','.join(MODES)}}} REQUEST.json\n")
+        return EXIT_BAD_REQUEST
+    install_network_guard()
+    request = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    code, result = _run(argv[0], request)
+    _write_result(Path(request["result"]), result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Runtime quantizers driven by edgepack's data, the accuracy/latency gate and mixed precision."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgepack import api
+from edgepack.compress.gate import GateResult, with_latency
+from edgepack.device_bench.compare import compare_latency
+from edgepack.exporters.base import CallablePredictor
+from edgepack.models.demo_digits import digits_splits
+from edgepack.targets.registry import Registry
+
+OUTLIER_FACTORY = """
+import torch
+from edgepack.models.demo_digits import load_digits_cnn
+from edgepack.models.source import TensorSpec
+
+EDGEPACK_INPUTS = [TensorSpec("image", ("batch", 1, 8, 8), "float32", "NCHW")]
+
+
+def build():
+    # The trained digits CNN with one activation channel scaled up 1000x and the classifier scaled down to
+    # match: the float model is unchanged, but per-tensor int8 activations around that channel collapse.
+    model = load_digits_cnn()
+    with torch.no_grad():
+        model.features[8].weight[0] *= 1000.0
+        model.features[8].bias[0] *= 1000.0
+        model.classifier.weight[:, 0] /= 1000.0
+    return model
+"""
+
+
+def _only(registry: Registry, target: str, chain: list[str]) -> Registry:
+    return Registry({target: registry.get(target).model_copy(update={"recipes": chain})})
+
+
+@pytest.fixture(scope="module")
+def digits_files(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("digits-data")
+    splits = digits_splits()
+    np.savez(root / "calib.npz", image=splits["calib"][0])
+    np.savez(root / "eval.npz", image=splits["eval"][0], labels=splits["eval"][1])
+    return root / "calib.npz", root / "eval.npz"
+
+
+@pytest.mark.parametrize("target", ["host-ort", "x86-openvino"])
+def test_digits_int8_within_one_point(tmp_path, registry, target):
+    result = api.export("demo:digits", [target], out=tmp_path, registry=_only(registry, target, ["int8", "fp32"]))
+    first = result.manifest["targets"][target]["attempts"][0]
+    assert first["recipe"] == "int8" and first["gate"] is not None, first
+    assert first["gate"]["kind"] == "accuracy" and first["gate"]["drop"] <= 0.01, first["gate"]
+    assert first["parity"]["passed"]
+    # The latency check ran against the same runtime's fp32 artifact; whichever recipe shipped passed it.
+    assert first["latency_vs_fp32"]["speedup"] > 0
+    assert result.ok
+
+
+def test_ort_int8_graph_is_qdq_per_channel(tmp_path, registry):
+    result = api.export("demo:digits", ["host-ort"], out=tmp_path, registry=_only(registry, "host-ort", ["int8"]),
+                        max_drop=1.0)
+    entry = result.manifest["targets"]["host-ort"]
+    if entry["status"] != "ok":
+        pytest.skip(f"int8 rejected on this host: {entry['error']}")
+    model = onnx.load(str(result.bundle / entry["artifact"]["path"]))
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)]
+    assert weight_dq, "weights must be quantized per output channel"
+    assert entry["artifact"]["settings"]["activations"] == "QUInt8"
+
+
+def test_static_int8_without_calibration_is_skipped_not_faked(tmp_path, registry, tiny_cnn_file):
+    result = api.export(f"{tiny_cnn_file}:build", ["host-ort"], out=tmp_path, registry=_only(registry, "host-ort", ["int8", "fp32"]))
+    attempts = result.manifest["targets"]["host-ort"]["attempts"]
+    assert attempts[0]["status"] == "skipped" and "calibration" in attempts[0]["reason"]
+    assert result.manifest["targets"]["host-ort"]["recipe"] == "fp32"
+
+
+def test_latency_gate_rejects_a_slower_artifact():
+    fast = CallablePredictor(lambda x: {"y": x["x"] * 2})
+
+    def slow_fn(x):
+        time.sleep(0.002)
+        return {"y": x["x"] * 2}
+
+    comparison = compare_latency(fast, CallablePredictor(slow_fn), {"x": np.ones(4, np.float32)}, budget_s=0.3)
+    assert comparison.speedup < 0.5
+    passed = GateResult("accuracy", "top1", 0.9, 0.9, 0.0, 0.01, 10, True, "passed")
+    verdict = with_latency(passed, comparison.speedup, tolerance=0.05)
+    assert not verdict.passed and "slower than fp32" in verdict.reason
+    assert with_latency(passed, 1.3, tolerance=0.05).passed
+
+
+@pytest.mark.slow
+def test_mixed_precision_keeps_the_sensitive_layers_in_float(tmp_path, registry, digits_files):
+    calib, eval_data = digits_files
+    factory = tmp_path / "outlier.py"
+    factory.write_text(OUTLIER_FACTORY)
+    result = api.export(f"{factory}:build", ["x86-openvino"], out=tmp_path / "out", calib=calib, eval_data=eval_data,
+                        registry=_only(registry, "x86-openvino", ["int8", "int8-mixed", "fp32"]))
+    entry = result.manifest["targets"]["x86-openvino"]
+    plain = entry["attempts"][0]
+    assert plain["recipe"] == "int8" and plain["status"] == "rejected"
+    ranking = entry["sensitivity"]
+    assert ranking[0]["drop"] > 0.5, ranking
+    mixed = [a for a in entry["attempts"] if a["recipe"].startswith("int8-mixed[")]
+    assert mixed, entry["attempts"]
+    best = mixed[-1]
+    # Keeping the top-ranked layers in float recovers the accuracy that full int8 lost.
+    assert best["gate"]["value"] > plain["gate"]["value"] + 0.5
+    assert best["excluded_layers"] == [r["layer"] for r in ranking[: len(best["excluded_layers"])]]
+    assert entry["recipe"] in ("fp32",) or entry["recipe"].startswith("int8-mixed[")
+
+
+@pytest.mark.slow
+def test_sensitivity_ranking_is_deterministic(tmp_path, registry, digits_files):
+    calib, eval_data = digits_files
+    factory = tmp_path / "outlier.py"
+    factory.write_text(OUTLIER_FACTORY)
+    rankings = []
+    for run in range(2):
+        result = api.export(f"{factory}:build", ["host-ort"], out=tmp_path / f"out{run}", calib=calib, eval_data=eval_data,
+                            registry=_only(registry, "host-ort", ["int8-mixed", "fp32"]))
+        rankings.append(result.manifest["targets"]["host-ort"]["sensitivity"])
+    assert rankings[0] == rankings[1]
+    assert rankings[0][0]["drop"] > 0.5
