@@ -65,7 +65,9 @@ def _resolve_targets(registry: Registry, targets: Sequence[str]) -> list[TargetP
     return profiles
 
 
-def _evaluation(source: ModelSource, calib: Dataset | None, eval_data: Dataset | None, max_drop: float) -> Evaluation:
+def _evaluation(
+    source: ModelSource, calib: Dataset | None, eval_data: Dataset | None, max_drop: float, max_slowdown: float
+) -> Evaluation:
     """Held-out parity inputs: eval data, else the tail of calib data, else synthetic inputs."""
     if eval_data is not None:
         parity = eval_data.take(slice(0, PARITY_SAMPLES))
@@ -74,7 +76,7 @@ def _evaluation(source: ModelSource, calib: Dataset | None, eval_data: Dataset |
     else:
         parity = Dataset(example_dataset_arrays(source.inputs, SYNTHETIC_SAMPLES, seed=1), None, "synthetic")
     gate_data = eval_data if eval_data is not None else Dataset(parity.inputs, None, parity.origin)
-    gate = Gate(gate_data, source.outputs[0].name, max_drop)
+    gate = Gate(gate_data, source.outputs[0].name, max_drop, latency_tolerance=max_slowdown)
     return Evaluation(reference_predictor(source), parity, gate)
 
 
@@ -91,6 +93,7 @@ def export(
     calib: str | Path | None = None,
     eval_data: str | Path | None = None,
     max_drop: float = 0.01,
+    max_slowdown: float = 0.05,
     out: str | Path = "dist",
     name: str | None = None,
     weights: str | Path | None = None,
@@ -105,6 +108,8 @@ def export(
     """
     if not 0 <= max_drop <= 1:
         raise InputError(f"--max-drop {max_drop}: must be between 0 and 1 (absolute, 0.01 = 1 point)")
+    if not 0 <= max_slowdown <= 1:
+        raise InputError(f"--max-slowdown {max_slowdown}: must be between 0 and 1 (0.05 = 5 % slower than fp32)")
     registry = registry or load_registry()
     recipes = recipes or load_recipes()
     profiles = _resolve_targets(registry, targets)
@@ -116,7 +121,7 @@ def export(
     if eval_set is not None and len(eval_set) == 0:
         raise DataError(f"{eval_set.origin}: evaluation data is empty")
     bundle_name = _bundle_name(model, name)
-    evaluation = _evaluation(model, calib_data, eval_set, max_drop)
+    evaluation = _evaluation(model, calib_data, eval_set, max_drop, max_slowdown)
     destination = Path(out) / f"{bundle_name}.edgepack"
     scratch = Path(tempfile.mkdtemp(prefix="edgepack-"))
     try:
@@ -131,6 +136,7 @@ def export(
             calibration=calib_data.origin if calib_data is not None else None,
             evaluation=eval_set.origin if eval_set is not None else f"fidelity on {evaluation.parity_inputs.origin} inputs",
             max_drop=max_drop,
+            max_slowdown=max_slowdown,
         )
         progress("bundle", "writing")
         with BundleWriter(destination) as writer:

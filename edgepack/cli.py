@@ -156,6 +156,7 @@ def export(
     calib: Annotated[Optional[Path], typer.Option(help="Calibration data (.npz/.npy).")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Labelled evaluation data (.npz with 'labels').")] = None,
     max_drop: Annotated[float, typer.Option(help="Largest allowed metric drop (absolute; 0.01 = 1 point).")] = 0.01,
+    max_slowdown: Annotated[float, typer.Option(help="How much slower than the same runtime's fp32 artifact a compressed one may be (0.05 = 5 %, for timing noise).")] = 0.05,
     out: Annotated[Path, typer.Option(help="Directory that receives NAME.edgepack/.")] = Path("dist"),
     name: Annotated[Optional[str], typer.Option(help="Bundle name (default: the model's).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help=".safetensors or state-dict .pt for torchvision/timm/factory sources.")] = None,
@@ -166,7 +167,7 @@ def export(
     from edgepack import api
 
     with _user_errors(), _progress(not as_json and sys.stderr.isatty()) as progress:
-        result = api.export(source, target, calib=calib, eval_data=eval_data, max_drop=max_drop, out=out,
+        result = api.export(source, target, calib=calib, eval_data=eval_data, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
                             name=name, weights=weights, inputs=inputs or (), progress=progress)
     if as_json:
         _print_json({"bundle": str(result.bundle), "ok": result.ok, "manifest": result.manifest})

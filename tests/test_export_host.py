@@ -32,8 +32,11 @@ def test_digits_exports_to_every_host_runtime(digits_bundle):
     assert image["name"] == "image" and image["preprocess"]["scale"] == pytest.approx(1 / 16)
     for target in HOST_TARGETS:
         entry = manifest["targets"][target]
-        assert entry["status"] == "ok" and entry["recipe"] == entry["attempts"][0]["recipe"]
-        assert entry["parity"]["passed"] and entry["parity"]["mean_cosine"] > 0.999
+        assert entry["status"] == "ok" and entry["recipe"] in entry["recipe_chain"]
+        winner = [a for a in entry["attempts"] if a["status"] == "passed"]
+        assert [a["recipe"] for a in winner] == [entry["recipe"]]
+        floor = 0.9999 if entry["artifact"]["precision"] == "fp32" else 0.99
+        assert entry["parity"]["passed"] and entry["parity"]["mean_cosine"] > floor
         gate = entry["gate"]
         assert gate["kind"] == "accuracy" and gate["metric"] == "top1"
         assert gate["value"] >= 0.95 and gate["drop"] <= 0.01
@@ -52,14 +55,16 @@ def test_digits_artifacts_run_and_match_torch(digits_bundle):
         "host-ort": OrtPredictor(bundle / "artifacts/host-ort/model.onnx"),
         "x86-openvino": OpenVinoPredictor(bundle / "artifacts/x86-openvino/model.xml"),
     }
+    precisions = {t: e["artifact"]["precision"] for t, e in digits_bundle.manifest["targets"].items()}
     for name, predictor in predictors.items():
         agree = 0
         for batch in eval_set.take(slice(0, 100)).batches():
             expected = reference(batch)["logits"]
             got = predictor(batch)["logits"]
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=name)
+            if precisions[name] == "fp32":
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=name)
             agree += int(np.argmax(got) == np.argmax(expected))
-        assert agree == 100, name
+        assert agree >= (100 if precisions[name] == "fp32" else 98), (name, precisions[name], agree)
 
 
 def test_host_ort_keeps_dynamic_batch(digits_bundle):
@@ -88,7 +93,8 @@ def test_fp16_recipe_runs_when_preferred(tmp_path, registry, recipes):
     from edgepack.targets.registry import Registry
 
     patched = Registry({**registry.profiles, "x86-openvino": profile})
-    result = api.export("demo:digits", ["x86-openvino"], out=tmp_path, registry=patched)
+    # fp16 weights run at fp32 speed on the CPU plugin: switch the latency check off so noise cannot decide.
+    result = api.export("demo:digits", ["x86-openvino"], out=tmp_path, registry=patched, max_slowdown=1.0)
     entry = result.manifest["targets"]["x86-openvino"]
     assert entry["recipe"] == "fp16" and entry["artifact"]["precision"] == "fp16"
     assert entry["artifact"]["bytes"] < 80_000  # fp16 weights: about half of the fp32 IR

@@ -64,6 +64,7 @@ def build_manifest(
     calibration: str | None,
     evaluation: str,
     max_drop: float,
+    max_slowdown: float,
 ) -> dict[str, Any]:
     """Everything an app team and a release reviewer need, without the file hashes (added on commit)."""
     return {
@@ -72,7 +73,7 @@ def build_manifest(
         "created_by": f"edgepack {__version__}",
         "source": source.describe(),
         "labels": source.labels,
-        "data": {"calibration": calibration, "evaluation": evaluation, "max_drop": max_drop},
+        "data": {"calibration": calibration, "evaluation": evaluation, "max_drop": max_drop, "max_slowdown": max_slowdown},
         "targets": {r.profile.id: target_entry(r) for r in results},
         "status": "ok" if all(r.status == "ok" for r in results) else "partial",
     }
