@@ -17,7 +17,7 @@ from edgepack.bundle.manifest import artifact_dir, build_manifest
 from edgepack.bundle.verify import VerifyResult, verify_bundle
 from edgepack.bundle.writer import BundleWriter
 from edgepack.compress.gate import Gate
-from edgepack.compress.recipe import RecipeBook, load_recipes
+from edgepack.compress.recipe import RecipeBook, load_recipe_file, load_recipes
 from edgepack.data.dataset import Dataset, load_dataset
 from edgepack.errors import DataError, InputError
 from edgepack.models.input_spec import parse_input_spec
@@ -65,6 +65,24 @@ def _resolve_targets(registry: Registry, targets: Sequence[str]) -> list[TargetP
     return profiles
 
 
+def _with_recipe_files(book: RecipeBook, chain: Sequence[str | Path]) -> tuple[RecipeBook, list[str]]:
+    """Resolve ``--recipe`` values (names or ``.toml`` files) into a recipe book and a chain of names."""
+    recipes = dict(book.recipes)
+    names: list[str] = []
+    for item in chain:
+        text = str(item)
+        if text.endswith(".toml"):
+            if not Path(text).is_file():
+                raise InputError(f"--recipe {text}: recipe file not found")
+            recipe = load_recipe_file(Path(text))
+            recipes[recipe.name] = recipe
+            names.append(recipe.name)
+        else:
+            book.get(text)  # raises naming the known recipes
+            names.append(text)
+    return RecipeBook(recipes), names
+
+
 def _evaluation(
     source: ModelSource, calib: Dataset | None, eval_data: Dataset | None, max_drop: float, max_slowdown: float
 ) -> Evaluation:
@@ -98,6 +116,7 @@ def export(
     name: str | None = None,
     weights: str | Path | None = None,
     inputs: Sequence[str | TensorSpec] = (),
+    recipe_chain: Sequence[str | Path] = (),
     registry: Registry | None = None,
     recipes: RecipeBook | None = None,
     progress: ProgressFn = lambda target, stage: None,
@@ -113,6 +132,9 @@ def export(
     registry = registry or load_registry()
     recipes = recipes or load_recipes()
     profiles = _resolve_targets(registry, targets)
+    if recipe_chain:
+        recipes, names = _with_recipe_files(recipes, recipe_chain)
+        profiles = [p.model_copy(update={"recipes": names}) for p in profiles]
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
     progress("source", "loading")
     model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs)

@@ -161,6 +161,7 @@ def export(
     name: Annotated[Optional[str], typer.Option(help="Bundle name (default: the model's).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help=".safetensors or state-dict .pt for torchvision/timm/factory sources.")] = None,
     inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME:1x3x224x224:float32 (repeatable).")] = None,
+    recipe: Annotated[Optional[list[str]], typer.Option("--recipe", help="Recipe name or .toml file (repeatable, in order): replaces every target's recipe chain.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Export SOURCE to every --target and write one verified bundle."""
@@ -168,7 +169,8 @@ def export(
 
     with _user_errors(), _progress(not as_json and sys.stderr.isatty()) as progress:
         result = api.export(source, target, calib=calib, eval_data=eval_data, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
-                            name=name, weights=weights, inputs=inputs or (), progress=progress)
+                            name=name, weights=weights, inputs=inputs or (), recipe_chain=recipe or (),
+                            progress=progress)
     if as_json:
         _print_json({"bundle": str(result.bundle), "ok": result.ok, "manifest": result.manifest})
     else:
