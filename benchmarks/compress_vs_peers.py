@@ -1,0 +1,187 @@
+"""edgepack's shipped artifact vs fp32 and the peers' default int8, side by side in one run.
+
+For each model and runtime: p50 latency (batch 1, 2 threads, all predictors of a runtime timed in
+interleaved rounds), speed ratio to that runtime's fp32 artifact, artifact size, and accuracy (digits:
+top-1 on the labelled eval split) or fidelity (random-init torchvision models: top-1 agreement and
+cosine vs fp32 on held-out inputs). Peers' defaults: ONNX Runtime ``quantize_static`` with its default
+arguments, NNCF ``nncf.quantize`` with its default arguments.
+
+    python benchmarks/compress_vs_peers.py [--models resnet18,mobilenet_v2,...] [--runtimes ort,openvino]
+
+Absolute times depend on the CPU (AVX2 vs AVX-512 VNNI): compare ratios from one run only.
+"""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (torch before any TensorFlow-based toolchain)
+
+import argparse
+import contextlib
+import io
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack import api
+from edgepack.compress.quantize import cpu_flags
+from edgepack.data.dataset import Dataset
+from edgepack.exporters.base import Predictor
+from edgepack.exporters.onnx import export_onnx
+from edgepack.exporters.openvino import OpenVinoPredictor
+from edgepack.exporters.ort import OrtPredictor
+from edgepack.models.loaders import load_source
+from edgepack.models.sample import example_dataset_arrays
+from edgepack.models.source import ModelSource
+
+MODELS = {
+    "digits": "demo:digits",
+    "resnet18": "torchvision:resnet18",
+    "resnet50": "torchvision:resnet50",
+    "mobilenet_v2": "torchvision:mobilenet_v2",
+    "mobilenet_v3_small": "torchvision:mobilenet_v3_small",
+}
+TARGETS = {"ort": "host-ort", "openvino": "x86-openvino"}
+
+
+@dataclass
+class Row:
+    model: str
+    runtime: str
+    variant: str
+    p50_ms: float
+    size_bytes: int
+    quality: str
+    ratio: float = 1.0
+
+
+def p50_interleaved(predictors: dict[str, Predictor], inputs: dict[str, np.ndarray], rounds: int = 9, seconds: float = 8.0) -> dict[str, float]:
+    """Median ms per inference for each predictor, alternating blocks so all see the same machine state."""
+    for predictor in predictors.values():
+        for _ in range(3):
+            predictor(inputs)
+    probe = max(1e-4, max(_block(p, inputs, 1) for p in predictors.values()))
+    iterations = max(1, int(seconds * 1000 / (len(predictors) * rounds * probe)))
+    samples: dict[str, list[float]] = {name: [] for name in predictors}
+    names = list(predictors)
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else reversed(names):
+            samples[name].append(_block(predictors[name], inputs, iterations))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _block(predictor: Predictor, inputs: dict[str, np.ndarray], iterations: int) -> float:
+    started = time.perf_counter()
+    for _ in range(iterations):
+        predictor(inputs)
+    return (time.perf_counter() - started) * 1000 / iterations
+
+
+def _quality(source: ModelSource, predictor: Predictor, reference: Predictor, data: Dataset) -> str:
+    output = source.outputs[0].name
+    ref = np.concatenate([reference(b)[output] for b in data.batches()])
+    got = np.concatenate([predictor(b)[output] for b in data.batches()])
+    if data.labels is not None:
+        return f"top1 {np.mean(np.argmax(got, 1) == data.labels):.4f}"
+    cos = np.mean([np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12) for a, b in zip(ref, got)])
+    return f"agree {np.mean(np.argmax(got, 1) == np.argmax(ref, 1)):.3f} cos {cos:.4f}"
+
+
+def _data(source: ModelSource, work: Path) -> tuple[Path, Dataset]:
+    if source.kind == "demo":
+        calib, evaluation = source.extra["calib"], source.extra["eval"]
+    else:
+        calib = Dataset(example_dataset_arrays(source.inputs, 64, seed=0), None, "synthetic")
+        evaluation = Dataset(example_dataset_arrays(source.inputs, 32, seed=1000), None, "synthetic")
+    path = work / "calib.npz"
+    np.savez(path, **calib.inputs)
+    return path, evaluation
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        self._it = iter([{k: v[i : i + 1] for k, v in arrays.items()} for i in range(len(next(iter(arrays.values()))))])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def ort_rows(name: str, source: ModelSource, work: Path, calib: Path, evaluation: Dataset) -> list[Row]:
+    from onnxruntime.quantization import quantize_static
+
+    fp32_path = export_onnx(source, work / "onnx", dynamic=True)
+    peer_path = work / "ort_peer_default.onnx"
+    quantize_static(str(fp32_path), str(peer_path), _Reader(calib))
+    with contextlib.redirect_stdout(io.StringIO()):
+        shipped = api.export(source, ["host-ort"], calib=calib, out=work / "bundles")
+    entry = shipped.manifest["targets"]["host-ort"]
+    variants = {
+        "fp32": (OrtPredictor(fp32_path), fp32_path.stat().st_size),
+        "peer default int8": (OrtPredictor(peer_path), peer_path.stat().st_size),
+        f"edgepack ({entry['recipe']})": (OrtPredictor(shipped.bundle / entry["artifact"]["path"]), entry["artifact"]["bytes"]),
+    }
+    return _rows(name, "onnxruntime", source, variants, evaluation)
+
+
+def openvino_rows(name: str, source: ModelSource, work: Path, calib: Path, evaluation: Dataset) -> list[Row]:
+    import nncf
+    import openvino as ov
+
+    hub = export_onnx(source, work / "onnx", dynamic=True)
+    fp32_xml, peer_xml = work / "ov_fp32.xml", work / "ov_nncf_default.xml"
+    model = ov.convert_model(str(hub))
+    ov.save_model(model, str(fp32_xml), compress_to_fp16=False)
+    with np.load(calib) as npz:
+        batches = [{k: npz[k][i : i + 1] for k in npz.files} for i in range(len(npz[npz.files[0]]))]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        ov.save_model(nncf.quantize(ov.convert_model(str(hub)), nncf.Dataset(batches)), str(peer_xml))
+        shipped = api.export(source, ["x86-openvino"], calib=calib, out=work / "bundles")
+    entry = shipped.manifest["targets"]["x86-openvino"]
+    size = lambda xml: xml.stat().st_size + xml.with_suffix(".bin").stat().st_size  # noqa: E731
+    variants = {
+        "fp32": (OpenVinoPredictor(fp32_xml), size(fp32_xml)),
+        "peer NNCF default": (OpenVinoPredictor(peer_xml), size(peer_xml)),
+        f"edgepack ({entry['recipe']})": (
+            OpenVinoPredictor(shipped.bundle / entry["artifact"]["path"]), entry["artifact"]["bytes"]),
+    }
+    return _rows(name, "openvino", source, variants, evaluation)
+
+
+def _rows(name: str, runtime: str, source: ModelSource, variants: dict, evaluation: Dataset) -> list[Row]:
+    predictors = {k: v[0] for k, v in variants.items()}
+    reference = predictors["fp32"]
+    p50 = p50_interleaved(predictors, evaluation.batch(0))
+    rows = [Row(name, runtime, k, p50[k], variants[k][1], _quality(source, predictors[k], reference, evaluation)) for k in predictors]
+    for row in rows:
+        row.ratio = p50["fp32"] / row.p50_ms
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--runtimes", default=",".join(TARGETS))
+    args = parser.parse_args()
+    isa = "AVX-512 VNNI" if {"avx512_vnni"} & cpu_flags() else ("AVX-VNNI" if "avx_vnni" in cpu_flags() else "AVX2, no VNNI")
+    print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {isa} · batch 1, 2 threads")
+    print(f"| model | runtime | variant | p50 ms | × fp32 | size | accuracy / fidelity |\n|---|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        source = load_source(MODELS[name])
+        with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
+            work = Path(tmp)
+            calib, evaluation = _data(source, work)
+            for runtime in args.runtimes.split(","):
+                builder = {"ort": ort_rows, "openvino": openvino_rows}[runtime]
+                for row in builder(name, source, work, calib, evaluation):
+                    print(f"| {row.model} | {row.runtime} | {row.variant} | {row.p50_ms:.3f} | {row.ratio:.2f}× | "
+                          f"{row.size_bytes / 1e6:.2f} MB | {row.quality} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
