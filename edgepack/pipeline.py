@@ -17,6 +17,7 @@ import numpy as np
 
 from edgepack.compress.gate import Gate, GateResult, with_latency
 from edgepack.compress.passes import PassContext, apply_passes
+from edgepack.compress.quantize import QuantizationPlan
 from edgepack.compress.recipe import Recipe, RecipeBook
 from edgepack.compress.sensitivity import LayerSensitivity, exclusion_candidates, quantizable_layers, rank_layers
 from edgepack.device_bench.compare import LatencyComparison, compare_latency
@@ -282,8 +283,8 @@ class _Chain:
             recipe = self.recipes.get(name)
             probe = recipe.model_copy(update={"precision": "int8"}) if recipe.precision == "mixed" else recipe
             reason = self.exporter.supports(probe)
-            if reason is None and probe.precision == "int8" and self.calib is None:
-                reason = "static int8 needs calibration data (--calib)"
+            if reason is None and self.calib is None and QuantizationPlan(probe, None).needs_calibration:
+                reason = f"recipe '{name}' needs calibration data (--calib)"
             if reason is not None:
                 self.result.attempts.append(Attempt(name, "skipped", reason))
                 continue

@@ -32,6 +32,12 @@ class QuantizationPlan:
         return self.recipe.precision in STATIC_PRECISIONS
 
     @property
+    def needs_calibration(self) -> bool:
+        """Static activation ranges and activation-aware weight scaling both need real data."""
+        awq = self.recipe.precision == "int4-weight" and self.recipe.weight_only.method == "awq"
+        return self.static or awq
+
+    @property
     def exclude(self) -> tuple[str, ...]:
         return tuple(self.recipe.exclude)
 
@@ -45,7 +51,7 @@ class QuantizationPlan:
 def plan(recipe: Recipe, calib: Dataset | None) -> QuantizationPlan:
     """Check that a recipe can run with the given data and return its plan."""
     result = QuantizationPlan(recipe, calib)
-    if result.static and calib is None:
+    if result.needs_calibration and calib is None:
         raise DataError(f"recipe '{recipe.name}' needs calibration data", hint="pass --calib DATA (.npz/.npy)")
     return result
 

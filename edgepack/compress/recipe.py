@@ -51,6 +51,18 @@ class Quantization(_Strict):
     """Model input/output dtype: float keeps the graph I/O float; int8/uint8 for accelerators that need it."""
 
 
+class WeightOnly(_Strict):
+    """Group-wise low-bit weight-only quantization of Linear/MatMul weights (activations stay float)."""
+
+    bits: Literal[4, 8] = 4
+    group_size: int = Field(default=128, ge=16)
+    symmetric: bool = False
+    method: Literal["rtn", "awq"] = "rtn"
+    """Round-to-nearest, or activation-aware scaling (needs calibration data)."""
+    ratio: float = Field(default=1.0, gt=0, le=1)
+    """Fraction of weight layers stored in ``bits``; the rest (the most error-sensitive) stay int8."""
+
+
 class MixedPrecision(_Strict):
     """Sensitivity-driven mixed precision: keep the fewest most sensitive layers in float."""
 
@@ -83,6 +95,7 @@ class Recipe(_Strict):
     calibration: Calibration = Field(default_factory=Calibration)
     quantization: Quantization = Field(default_factory=Quantization)
     mixed: MixedPrecision = Field(default_factory=MixedPrecision)
+    weight_only: WeightOnly = Field(default_factory=WeightOnly)
     exclude: list[str] = Field(default_factory=list)
     """Layer/node names kept in float (mixed precision)."""
     parity: ParityTolerance = Field(default_factory=ParityTolerance)

@@ -12,8 +12,8 @@ from edgepack.exporters.onnx import export_onnx
 from edgepack.models.source import ModelSource
 from edgepack.targets.schema import TargetProfile
 
-SUPPORTED = ("fp32", "fp16", "int8", "int8-dynamic")
-QUANTIZED = ("int8", "int8-dynamic")
+SUPPORTED = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")
+QUANTIZED = ("int8", "int8-dynamic", "int4-weight")
 DEFAULT_THREADS = 2
 
 

@@ -20,6 +20,8 @@ _RANGE_ESTIMATORS = ("minmax", "percentile")
 
 def unsupported_reason(plan: QuantizationPlan) -> str | None:
     """Why NNCF cannot apply this plan, or ``None``."""
+    if plan.recipe.precision == "int4-weight":
+        return None
     method = plan.recipe.calibration.method
     if plan.static and method not in _RANGE_ESTIMATORS:
         return f"calibration method '{method}' is not mapped to NNCF (use {', '.join(_RANGE_ESTIMATORS)})"
@@ -88,6 +90,8 @@ def _quantize(model: Any, plan: QuantizationPlan) -> tuple[Any, dict[str, object
 
     names = _ov_names(model, plan.exclude)
     ignored = nncf.IgnoredScope(names=names) if names else None
+    if plan.recipe.precision == "int4-weight":
+        return _int4(model, plan, ignored)
     if not plan.static:
         compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
         return compressed, {"mode": "weight-compression", "weights": "int8_asym", "excluded": list(plan.exclude)}
@@ -109,3 +113,19 @@ def _quantize(model: Any, plan: QuantizationPlan) -> tuple[Any, dict[str, object
         "calibration_samples": len(batches),
         "excluded": list(plan.exclude),
     }
+
+
+def _int4(model: Any, plan: QuantizationPlan, ignored: Any) -> tuple[Any, dict[str, object]]:
+    """NNCF group-wise int4 weight compression; AWQ uses the calibration data for its scales."""
+    import nncf
+
+    config = plan.recipe.weight_only
+    mode = nncf.CompressWeightsMode.INT4_SYM if config.symmetric else nncf.CompressWeightsMode.INT4_ASYM
+    awq = config.method == "awq"
+    dataset = nncf.Dataset(list(plan.calibration_batches())) if awq else None
+    compressed = nncf.compress_weights(
+        model, mode=mode, group_size=config.group_size, ratio=config.ratio, ignored_scope=ignored, dataset=dataset,
+        awq=awq or None, subset_size=plan.recipe.calibration.samples,
+    )
+    return compressed, {"mode": "weight-only", "weights": mode.value, "group_size": config.group_size,
+                        "method": config.method, "ratio": config.ratio, "excluded": list(plan.exclude)}

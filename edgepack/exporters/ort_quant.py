@@ -7,7 +7,9 @@ the speed of fp32; this layout ran at 1.3-1.8x (FIELD-NOTES). Without VNNI, weig
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,10 @@ class _Reader:
 
 def unsupported_reason(plan: QuantizationPlan) -> str | None:
     """Why ONNX Runtime cannot apply this plan, or ``None``."""
+    if plan.recipe.precision == "int4-weight":
+        if plan.recipe.weight_only.method != "rtn":
+            return f"weight-only method '{plan.recipe.weight_only.method}' is not offered by ONNX Runtime's MatMulNBits quantizer"
+        return None
     method = plan.recipe.calibration.method
     if plan.static and method not in _CALIBRATION_METHODS:
         return f"calibration method '{method}' is not offered by ONNX Runtime (use {', '.join(_CALIBRATION_METHODS)})"
@@ -58,6 +64,27 @@ def _excluded_nodes(model_path: Path, names: tuple[str, ...]) -> list[str]:
 
 def quantize(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
     """Write the quantized model to ``dst``; return the settings actually used."""
+    with _quiet_root_logger():
+        if plan.recipe.precision == "int4-weight":
+            return _weight_only(src, dst, plan)
+        return _int8(src, dst, plan)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizers log advice through the root logger; keep it off the user's terminal."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, previous):
+            logger.setLevel(level)
+
+
+def _int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -67,7 +94,6 @@ def quantize(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
         quantize_static,
     )
 
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     prepared = dst.with_name("preprocessed.onnx")
     quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
     excluded = _excluded_nodes(prepared, plan.exclude)
@@ -96,3 +122,53 @@ def quantize(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
         "reduce_range": reduce_range, "calibration": method, "calibration_samples": plan.recipe.calibration.samples,
         "excluded_nodes": excluded,
     }
+
+
+def _matmul_weights(model: object) -> dict[str, np.ndarray]:
+    """MatMul node name -> its constant weight ([K, N]) for every MatMul with an initializer weight."""
+    from onnx import numpy_helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    initializers = {init.name: init for init in graph.initializer}
+    return {
+        node.name: numpy_helper.to_array(initializers[node.input[1]])
+        for node in graph.node
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in initializers
+    }
+
+
+def _weight_only(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
+    """Group-wise low-bit weights as ``MatMulNBits`` / ``GatherBlockQuantized`` (ONNX Runtime's own blockwise
+    round-to-nearest quantizer; its separate ``RTNWeightOnlyQuantConfig`` path failed on MiniLM here with a
+    reshape error). Embedding Gathers become ``GatherBlockQuantized``. With ``ratio`` < 1 the MatMuls with the
+    largest int4 error are stored as 8-bit blocks instead (mixed int4/int8, as NNCF does for OpenVINO)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from edgepack.compress.weight_only import int8_backup_layers
+
+    config = plan.recipe.weight_only
+    model = onnx.load(str(src))
+    excluded = _excluded_nodes(src, plan.exclude)
+    weights = {k: v for k, v in _matmul_weights(model).items() if k not in excluded}
+    backup = int8_backup_layers(weights, ratio=config.ratio, group_size=config.group_size, symmetric=config.symmetric,
+                                bits=config.bits)
+
+    def run(model: object, bits: int, ops: tuple[str, ...], **selection: object) -> object:
+        quantizer = MatMulNBitsQuantizer(
+            model, bits=bits, block_size=config.group_size, is_symmetric=config.symmetric, op_types_to_quantize=ops,
+            algo_config=DefaultWeightOnlyQuantConfig(
+                block_size=config.group_size, is_symmetric=config.symmetric, bits=bits, op_types_to_quantize=ops
+            ),
+            **selection,
+        )
+        quantizer.process()
+        return quantizer.model.model
+
+    model = run(model, config.bits, ("MatMul", "Gather"), nodes_to_exclude=excluded + backup)
+    if backup:
+        model = run(model, 8, ("MatMul",), nodes_to_include=backup)
+    onnx.save(model, str(dst))
+    return {"mode": "weight-only", "op": "MatMulNBits", "bits": config.bits, "group_size": config.group_size,
+            "symmetric": config.symmetric, "method": "rtn", "ratio": config.ratio, "int8_layers": backup,
+            "excluded_nodes": excluded}
