@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from edgepack.hashing import file_sha256
 
 
 def canonical_json(data: Any) -> bytes:
@@ -31,5 +24,5 @@ def hash_tree(root: Path, *, exclude: tuple[str, ...] = ()) -> dict[str, str]:
         if path.is_symlink():
             raise ValueError(f"{relative}: symbolic links are not allowed in a bundle")
         if path.is_file():
-            hashes[relative] = sha256_file(path)
+            hashes[relative] = file_sha256(path)
     return hashes

@@ -88,7 +88,7 @@ def apply_passes(source: ModelSource, specs: Iterable[Any], context: PassContext
         return source
     if source.torch_module is None:
         raise InputError(f"{source.uri}: compression passes need a torch model, not an ONNX file")
-    from edgepack.models.hashing import module_sha256
+    from edgepack.hashing import module_sha256
 
     module = copy.deepcopy(source.torch_module)
     for spec in specs:

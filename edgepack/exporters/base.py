@@ -6,7 +6,6 @@ in their ``runtime`` field, and register the class in the ``edgepack.exporters``
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 
 from edgepack.compress.recipe import Recipe
 from edgepack.data.dataset import Dataset
+from edgepack.hashing import file_sha256
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.targets.schema import TargetProfile
 
@@ -76,14 +76,6 @@ class Artifact:
     def sha256(self) -> str:
         """Hash of the main file (every file is hashed individually in the bundle manifest)."""
         return file_sha256(self.path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Predictor(ABC):

@@ -1,21 +1,18 @@
-"""ONNX Runtime (CPU) exporter: an ONNX file optimised offline by ONNX Runtime itself."""
+"""ONNX Runtime (CPU) exporter: an ONNX file optimised offline by ONNX Runtime, or quantized by its own
+quantizer (QDQ int8, dynamic int8, MatMulNBits int4)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-
+from edgepack.compress.quantize import QuantizationPlan
 from edgepack.compress.recipe import Recipe
-from edgepack.data.dataset import Dataset
-from edgepack.errors import ExportError, UnsupportedError
-from edgepack.exporters.base import Arrays, Artifact, Exporter, NotRunnable, Predictor
-from edgepack.exporters.onnx import export_onnx
+from edgepack.errors import ExportError
+from edgepack.exporters.base import Arrays, Artifact, NotRunnable, Predictor
+from edgepack.exporters.hub import OnnxHubExporter
 from edgepack.models.source import ModelSource
-from edgepack.targets.schema import TargetProfile
 
-SUPPORTED = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")
-QUANTIZED = ("int8", "int8-dynamic", "int4-weight")
 DEFAULT_THREADS = 2
 
 
@@ -55,72 +52,43 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-class OrtExporter(Exporter):
+class OrtExporter(OnnxHubExporter):
     """host-ort: ONNX optimised for ONNX Runtime's CPU execution provider."""
 
     runtime = "onnxruntime"
     distributions = ("onnxruntime", "onnx", "torch")
+    precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")
+    artifact_format = "onnx"
+    converter = "onnxruntime"
 
-    def supports(self, recipe: Recipe) -> str | None:
-        if recipe.precision not in SUPPORTED:
-            return f"precision '{recipe.precision}' is not implemented for onnxruntime yet"
-        if recipe.precision in QUANTIZED:
-            from edgepack.compress.quantize import QuantizationPlan
-            from edgepack.exporters.ort_quant import unsupported_reason
+    def quantization_reason(self, plan: QuantizationPlan) -> str | None:
+        from edgepack.exporters.ort_quant import unsupported_reason
 
-            return unsupported_reason(QuantizationPlan(recipe, None))
-        return None
+        return unsupported_reason(plan)
 
-    def export(
-        self, source: ModelSource, profile: TargetProfile, recipe: Recipe, calib: Dataset | None, workdir: Path
-    ) -> Artifact:
-        reason = self.supports(recipe)
-        if reason:
-            raise UnsupportedError(reason)
-        dynamic = profile.dynamic_shapes
-        hub = export_onnx(source, workdir.parent / "_onnx", dynamic=dynamic)
-        workdir.mkdir(parents=True, exist_ok=True)
+    def convert(
+        self, hub: Path, recipe: Recipe, quantization: QuantizationPlan | None, workdir: Path
+    ) -> tuple[tuple[Path, ...], dict[str, object]]:
         final = workdir / "model.onnx"
-        settings: dict[str, object] = {"dynamic_shapes": dynamic}
-        if recipe.precision in QUANTIZED:
-            from edgepack.compress.quantize import plan
+        if quantization is not None:
             from edgepack.exporters.ort_quant import quantize
 
-            # Quantized graphs ship as portable QDQ; ONNX Runtime fuses them when the session loads.
-            settings |= quantize(hub, final, plan(recipe, calib))
+            # Quantized graphs ship as portable QDQ / MatMulNBits; ONNX Runtime fuses them at session load.
+            return (final,), quantize(hub, final, quantization)
+        staged = workdir / "staged.onnx"
+        if recipe.precision == "fp16":
+            to_fp16(hub, staged)
         else:
-            staged = workdir / "staged.onnx"
-            if recipe.precision == "fp16":
-                to_fp16(hub, staged)
-            else:
-                shutil.copyfile(hub, staged)
-            try:
-                optimise_offline(staged, final)
-            except Exception as exc:  # noqa: BLE001
-                raise ExportError(f"ONNX Runtime offline optimisation failed: {str(exc).splitlines()[0][:200]}") from None
-            staged.unlink()
-            settings["opt_level"] = "ORT_ENABLE_EXTENDED"
-        specs = source.inputs if dynamic else [s.with_static_shape() for s in source.inputs]
-        outputs = source.outputs if dynamic else [s.with_static_shape() for s in source.outputs]
-        return Artifact(
-            target_id=profile.id,
-            runtime=self.runtime,
-            path=final,
-            files=(final,),
-            format="onnx",
-            precision=recipe.precision,
-            recipe=recipe.name,
-            inputs=tuple(specs),
-            outputs=tuple(outputs),
-            toolchain=self.toolchain().versions,
-            converter="torch.onnx" if source.torch_module is not None else "onnx",
-            settings=settings,
-        )
+            shutil.copyfile(hub, staged)
+        try:
+            optimise_offline(staged, final)
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"ONNX Runtime offline optimisation failed: {str(exc).splitlines()[0][:200]}") from None
+        staged.unlink()
+        return (final,), {"opt_level": "ORT_ENABLE_EXTENDED"}
 
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
         try:
             return OrtPredictor(artifact.path)
         except ImportError:
             return NotRunnable("onnxruntime is not installed: pip install onnxruntime")
-
-

@@ -20,7 +20,6 @@ The batch dimension is free.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgepack.hashing import file_sha256
 from edgepack.models.source import ModelSource, Preprocess, TensorSpec
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -78,15 +78,6 @@ class DigitsCNN(nn.Module):
         """Logits ``(N, 10)`` for images ``(N, 1, 8, 8)``."""
         features = self.features(image)
         return self.classifier(features.reshape(-1, 64))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_digits_cnn(path: Path = WEIGHTS_PATH) -> DigitsCNN:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import InputError, SourceError
-from edgepack.models.hashing import file_sha256, module_sha256
+from edgepack.hashing import file_sha256, module_sha256
 from edgepack.models.source import ModelSource, Preprocess, TensorSpec
 
 IMAGENET = Preprocess(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), description="RGB 0..255")

@@ -1,4 +1,4 @@
-"""Stable identities for model weights."""
+"""Stable identities: SHA-256 of files and of torch modules' weights."""
 
 from __future__ import annotations
 
