@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.bundle.manifest import artifact_dir, build_manifest
+from edgepack.bundle.signing import load_signer
 from edgepack.bundle.verify import VerifyResult, verify_bundle
 from edgepack.bundle.writer import BundleWriter
 from edgepack.compress.gate import Gate
@@ -117,6 +118,7 @@ def export(
     weights: str | Path | None = None,
     inputs: Sequence[str | TensorSpec] = (),
     recipe_chain: Sequence[str | Path] = (),
+    sign_key: str | Path | None = None,
     registry: Registry | None = None,
     recipes: RecipeBook | None = None,
     progress: ProgressFn = lambda target, stage: None,
@@ -129,6 +131,7 @@ def export(
         raise InputError(f"--max-drop {max_drop}: must be between 0 and 1 (absolute, 0.01 = 1 point)")
     if not 0 <= max_slowdown <= 1:
         raise InputError(f"--max-slowdown {max_slowdown}: must be between 0 and 1 (0.05 = 5 % slower than fp32)")
+    signer = load_signer(Path(sign_key)) if sign_key is not None else None
     registry = registry or load_registry()
     recipes = recipes or load_recipes()
     profiles = _resolve_targets(registry, targets)
@@ -164,7 +167,7 @@ def export(
         with BundleWriter(destination) as writer:
             for result in results:
                 _stage_target(writer, result)
-            bundle = writer.commit(manifest)
+            bundle = writer.commit(manifest, signer)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return ExportResult(bundle, manifest, results)
@@ -180,6 +183,7 @@ def _stage_target(writer: BundleWriter, result: TargetResult) -> None:
         writer.add_file(file, f"{artifact_dir(target)}/{file.relative_to(root).as_posix()}")
 
 
-def verify(bundle: str | Path) -> VerifyResult:
-    """Re-hash every file of ``bundle``; raise :class:`edgepack.errors.BundleError` on the first mismatch."""
-    return verify_bundle(Path(bundle))
+def verify(bundle: str | Path, *, public_key: str | Path | None = None) -> VerifyResult:
+    """Re-hash every file of ``bundle`` (and check its signature with ``public_key``); raise
+    :class:`edgepack.errors.BundleError` on the first mismatch."""
+    return verify_bundle(Path(bundle), Path(public_key) if public_key is not None else None)

@@ -161,6 +161,7 @@ def export(
     name: Annotated[Optional[str], typer.Option(help="Bundle name (default: the model's).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help=".safetensors or state-dict .pt for torchvision/timm/factory sources.")] = None,
     inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME:1x3x224x224:float32 (repeatable).")] = None,
+    sign_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (from 'edgepack keygen'): writes manifest.sig.")] = None,
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", help="Recipe name or .toml file (repeatable, in order): replaces every target's recipe chain.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
@@ -169,7 +170,7 @@ def export(
 
     with _user_errors(), _progress(not as_json and sys.stderr.isatty()) as progress:
         result = api.export(source, target, calib=calib, eval_data=eval_data, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
-                            name=name, weights=weights, inputs=inputs or (), recipe_chain=recipe or (),
+                            name=name, weights=weights, inputs=inputs or (), recipe_chain=recipe or (), sign_key=sign_key,
                             progress=progress)
     if as_json:
         _print_json({"bundle": str(result.bundle), "ok": result.ok, "manifest": result.manifest})
@@ -214,13 +215,27 @@ def _print_export_table(result: Any) -> None:
 
 
 @app.command()
-def verify(bundle: Annotated[Path, typer.Argument(help="Path to NAME.edgepack/.")]) -> None:
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Path to NAME.edgepack/.")],
+    pub: Annotated[Optional[Path], typer.Option(help="Ed25519 public key: also check manifest.sig.")] = None,
+) -> None:
     """Re-hash every file of BUNDLE against its manifest; exit 1 naming the first mismatch."""
     from edgepack import api
 
     with _user_errors():
-        result = api.verify(bundle)
-    print(f"{result.bundle}: ok ({result.files_checked} files, targets: {', '.join(result.targets) or '-'})")
+        result = api.verify(bundle, public_key=pub)
+    signed = ", signature ok" if result.signed else ""
+    print(f"{result.bundle}: ok ({result.files_checked} files{signed}, targets: {', '.join(result.targets) or '-'})")
+
+
+@app.command()
+def keygen(path: Annotated[Path, typer.Argument(help="Where to write the private key (PATH.pub gets the public key).")]) -> None:
+    """Create an Ed25519 key pair for signing bundles."""
+    from edgepack.bundle.signing import generate_keypair
+
+    with _user_errors():
+        private, public = generate_keypair(path)
+    print(f"private key: {private} (keep it secret)\npublic key:  {public}")
 
 
 def main() -> None:

@@ -74,3 +74,37 @@ def test_verify_rejects_tampering(bundle, change):
         needle = "schema_version"
     with pytest.raises(BundleError, match=needle):
         verify_bundle(bundle)
+
+
+def test_signed_bundle_verifies_and_detects_tampering(tmp_path):
+    from edgepack.bundle.signing import generate_keypair
+
+    key, pub = generate_keypair(tmp_path / "keys" / "release")
+    other_key, other_pub = generate_keypair(tmp_path / "keys" / "other")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    bundle = api.export("demo:digits", ["host-ort"], out=tmp_path / "out", sign_key=key).bundle
+    assert verify_bundle(bundle, pub).signed
+    with pytest.raises(BundleError, match="signature does not match"):
+        verify_bundle(bundle, other_pub)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["targets"]["host-ort"]["recipe"] = "something-else"
+    (bundle / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n")
+    with pytest.raises(BundleError, match="signature does not match"):
+        verify_bundle(bundle, pub)
+
+
+def test_unsigned_bundle_fails_signature_check(bundle, tmp_path):
+    from edgepack.bundle.signing import generate_keypair
+
+    _, pub = generate_keypair(tmp_path / "k")
+    with pytest.raises(BundleError, match="not signed"):
+        verify_bundle(bundle, pub)
+
+
+def test_keygen_refuses_to_overwrite(tmp_path):
+    from edgepack.bundle.signing import generate_keypair
+    from edgepack.errors import InputError
+
+    generate_keypair(tmp_path / "k")
+    with pytest.raises(InputError, match="already exists"):
+        generate_keypair(tmp_path / "k")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.bundle.hashing import hash_tree
-from edgepack.bundle.writer import MANIFEST_NAME, read_manifest
+from edgepack.bundle.writer import MANIFEST_NAME, SIGNATURE_NAME, read_manifest
 from edgepack.errors import BundleError
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -17,10 +17,12 @@ class VerifyResult:
     bundle: Path
     files_checked: int
     targets: list[str]
+    signed: bool = False
 
 
-def verify_bundle(bundle: Path) -> VerifyResult:
-    """Raise :class:`BundleError` naming the first changed, missing or extra file; else return a summary."""
+def verify_bundle(bundle: Path, public_key: Path | None = None) -> VerifyResult:
+    """Raise :class:`BundleError` naming the first changed, missing or extra file (or a bad signature when
+    ``public_key`` is given); else return a summary."""
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: bundle directory not found")
     manifest = read_manifest(bundle)
@@ -31,7 +33,7 @@ def verify_bundle(bundle: Path) -> VerifyResult:
     if not isinstance(expected, dict):
         raise BundleError(f"{bundle}: manifest has no 'files' table")
     try:
-        actual = hash_tree(bundle, exclude=(MANIFEST_NAME, "manifest.sig"))
+        actual = hash_tree(bundle, exclude=(MANIFEST_NAME, SIGNATURE_NAME))
     except ValueError as exc:
         raise BundleError(f"{bundle}: {exc}") from None
     for relative in sorted(set(expected) | set(actual)):
@@ -41,4 +43,8 @@ def verify_bundle(bundle: Path) -> VerifyResult:
             raise BundleError(f"{bundle}: unexpected file {relative} (not in the manifest)")
         if actual[relative] != expected[relative]:
             raise BundleError(f"{bundle}: {relative} has been modified (sha256 mismatch)")
-    return VerifyResult(bundle, len(actual), sorted(manifest.get("targets", {})))
+    if public_key is not None:
+        from edgepack.bundle.signing import verify_signature
+
+        verify_signature(bundle, public_key)
+    return VerifyResult(bundle, len(actual), sorted(manifest.get("targets", {})), public_key is not None)

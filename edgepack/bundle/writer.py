@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -15,6 +16,7 @@ from edgepack.bundle.hashing import canonical_json, hash_tree
 from edgepack.errors import BundleError
 
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
 
 
 class BundleWriter:
@@ -66,12 +68,15 @@ class BundleWriter:
         target.write_bytes(canonical_json(data))
         return target
 
-    def commit(self, manifest: dict[str, Any]) -> Path:
-        """Hash every staged file into ``manifest['files']``, write the manifest and move into place."""
+    def commit(self, manifest: dict[str, Any], signer: Callable[[bytes], bytes] | None = None) -> Path:
+        """Hash every staged file into ``manifest['files']``, write (and sign) the manifest, move into place."""
         assert self.staging is not None, "use BundleWriter as a context manager"
         manifest = dict(manifest)
-        manifest["files"] = hash_tree(self.staging, exclude=(MANIFEST_NAME,))
-        (self.staging / MANIFEST_NAME).write_bytes(canonical_json(manifest))
+        manifest["files"] = hash_tree(self.staging, exclude=(MANIFEST_NAME, SIGNATURE_NAME))
+        payload = canonical_json(manifest)
+        (self.staging / MANIFEST_NAME).write_bytes(payload)
+        if signer is not None:
+            (self.staging / SIGNATURE_NAME).write_bytes(signer(payload))
         _fsync_tree(self.staging)
         self._replace(self.staging, self.destination)
         self._committed = True
