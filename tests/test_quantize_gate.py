@@ -130,3 +130,25 @@ def test_sensitivity_ranking_is_deterministic(tmp_path, registry, digits_files):
         rankings.append(result.manifest["targets"]["host-ort"]["sensitivity"])
     assert rankings[0] == rankings[1]
     assert rankings[0][0]["drop"] > 0.5
+
+
+@pytest.mark.parametrize(("target", "method"), [("host-ort", "percentile"), ("host-ort", "entropy"), ("x86-openvino", "percentile")])
+def test_calibration_methods(tmp_path, target, method):
+    recipe = tmp_path / f"int8-{method}.toml"
+    recipe.write_text(
+        f'name = "int8-{method}"\nprecision = "int8"\n[calibration]\nmethod = "{method}"\nsamples = 64\n'
+        "[parity]\nmax_rel_error = 1.0\nmin_cosine = 0.9\n"
+    )
+    result = api.export("demo:digits", [target], out=tmp_path / "out", recipe_chain=[recipe], max_slowdown=1.0)
+    entry = result.manifest["targets"][target]
+    assert entry["status"] == "ok", entry["error"]
+    assert entry["artifact"]["settings"]["calibration"] == method
+    assert entry["gate"]["drop"] <= 0.01
+
+
+def test_unsupported_calibration_is_skipped_with_the_reason(tmp_path):
+    recipe = tmp_path / "int8-kl.toml"
+    recipe.write_text('name = "int8-kl"\nprecision = "int8"\n[calibration]\nmethod = "entropy"\n')
+    result = api.export("demo:digits", ["x86-openvino"], out=tmp_path / "out", recipe_chain=[recipe, "fp32"])
+    first = result.manifest["targets"]["x86-openvino"]["attempts"][0]
+    assert first["status"] == "skipped" and "entropy" in first["reason"]

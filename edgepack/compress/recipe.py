@@ -34,7 +34,8 @@ class PassSpec(_Strict):
 class Calibration(_Strict):
     """How activation ranges are calibrated for static quantization."""
 
-    method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
+    method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    """minmax and percentile on every runtime; entropy (KL) where the runtime offers it (ONNX Runtime)."""
     samples: int = Field(default=128, ge=1)
     percentile: float = Field(default=99.99, gt=0, le=100)
 
