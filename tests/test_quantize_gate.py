@@ -62,11 +62,11 @@ def test_digits_int8_within_one_point(tmp_path, registry, target):
 
 
 def test_ort_int8_graph_is_qdq_per_channel(tmp_path, registry):
+    # Speed is judged elsewhere; here only the graph layout matters, so the latency check is switched off.
     result = api.export("demo:digits", ["host-ort"], out=tmp_path, registry=_only(registry, "host-ort", ["int8"]),
-                        max_drop=1.0)
+                        max_slowdown=1.0)
     entry = result.manifest["targets"]["host-ort"]
-    if entry["status"] != "ok":
-        pytest.skip(f"int8 rejected on this host: {entry['error']}")
+    assert entry["status"] == "ok", entry["error"]
     model = onnx.load(str(result.bundle / entry["artifact"]["path"]))
     ops = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
