@@ -176,6 +176,8 @@ def export(
 def _stage_target(writer: BundleWriter, result: TargetResult) -> None:
     target = result.profile.id
     writer.add_json(f"reports/{target}/attempts.json", [a.to_dict() for a in result.attempts])
+    if result.placement:
+        writer.add_json(f"reports/{target}/placement.json", result.placement)
     if result.artifact is None:
         return
     root = result.artifact.path.parent

@@ -187,11 +187,20 @@ def _human_bytes(size: int) -> str:
     return f"{size} B"  # pragma: no cover
 
 
+def _placement_text(placement: dict[str, Any] | None) -> str:
+    if not placement:
+        return "cpu"
+    if "error" in placement:
+        return "not checked"
+    total = placement["total_ops"]
+    return ", ".join(f"{a['accelerator']} {a['supported']}/{total}" for a in placement["accelerators"]) or "cpu"
+
+
 def _print_export_table(result: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"bundle {result.bundle}")
-    for column in ("target", "precision", "size", "parity", "accuracy", "status"):
+    for column in ("target", "precision", "size", "parity", "accuracy", "placement", "status"):
         table.add_column(column)
     for entry_id, entry in result.manifest["targets"].items():
         artifact = entry["artifact"] or {}
@@ -210,7 +219,7 @@ def _print_export_table(result: Any) -> None:
         else:
             status = f"[red]{entry['status']}[/red]: {entry['error']}"
         table.add_row(entry_id, artifact.get("precision", "-"), _human_bytes(artifact["bytes"]) if artifact else "-",
-                      parity_text, accuracy, status)
+                      parity_text, accuracy, _placement_text(entry.get("placement")), status)
     _console().print(table)
 
 

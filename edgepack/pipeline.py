@@ -29,6 +29,7 @@ from edgepack.exporters.registry import get_exporter
 from edgepack.models.reference import reference_predictor
 from edgepack.models.source import ModelSource
 from edgepack.parity import ParityReport, compare
+from edgepack.targets.placement import placement_for
 from edgepack.targets.schema import TargetProfile
 
 Status = Literal["ok", "failed", "unsupported"]
@@ -77,6 +78,8 @@ class TargetResult:
     """``yes``, or the reason the artifact could not be run on this host."""
     sensitivity: list[dict[str, object]] | None = None
     """Per-layer sensitivity ranking, when a mixed-precision recipe was tried."""
+    placement: dict[str, object] | None = None
+    """Static per-accelerator placement of the shipped artifact (profiles with op tables only)."""
 
     @property
     def winner(self) -> Attempt | None:
@@ -205,6 +208,7 @@ class _Chain:
             if isinstance(predictor, NotRunnable):
                 attempt.status, attempt.reason = "passed", f"exported; not runnable here: {predictor.reason}"
                 self.result.artifact, self.result.runnable = artifact, predictor.reason
+                self._place(artifact, compressed)
                 return attempt
             self.progress(profile.id, f"checking {label}")
             reference = self.evaluation.reference if compressed is self.source else reference_predictor(compressed)
@@ -219,11 +223,22 @@ class _Chain:
             else:
                 attempt.status, attempt.reason = "passed", "parity and gate passed"
                 self.result.artifact = artifact
+                self._place(artifact, compressed)
         except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
             attempt.status, attempt.reason = "error", _one_line(exc)
         finally:
             attempt.seconds = time.perf_counter() - started
         return attempt
+
+    def _place(self, artifact: Artifact, source: ModelSource) -> None:
+        """Record where the shipped artifact's ops would run on each accelerator (never fails the target)."""
+        profile = self.result.profile
+        try:
+            hub = export_onnx(source, self.workdir / "_onnx", dynamic=profile.dynamic_shapes)
+            report = placement_for(profile, artifact.precision, artifact.path, artifact.format, hub)
+            self.result.placement = None if report is None else report.to_dict()
+        except Exception as exc:  # noqa: BLE001 - a placement problem is reported, the artifact still ships
+            self.result.placement = {"error": _one_line(exc)}
 
     def sensitivity(self, recipe: Recipe) -> list[LayerSensitivity]:
         """Rank quantizable layers by the metric drop when each alone is quantized (on an eval subset)."""

@@ -51,7 +51,9 @@ def target_entry(result: TargetResult) -> dict[str, Any]:
         "parity": winner.parity.to_dict() if winner and winner.parity else None,
         "gate": winner.gate.to_dict() if winner and winner.gate else None,
         "sensitivity": result.sensitivity,
-        "reports": [f"reports/{profile.id}/attempts.json"],
+        "placement": result.placement,
+        "reports": [f"reports/{profile.id}/attempts.json"]
+        + ([f"reports/{profile.id}/placement.json"] if result.placement else []),
     }
     return entry
 

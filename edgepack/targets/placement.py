@@ -1,0 +1,254 @@
+"""Static placement check: which graph ops each accelerator of a profile can take, and why not.
+
+Each non-CPU accelerator is checked on its own (a delegate is chosen per run): for every op of the
+graph, in graph order, the accelerator's op table (in the profile's vocabulary: ONNX op types or
+TFLite builtin names) and its constraints decide; ops it cannot take fall back to the CPU with the
+reason. ``first_fallback_index`` is where a single-partition accelerator (Edge TPU) would stop.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgepack.targets.schema import Accelerator, OpConstraint, TargetProfile
+
+RECIPE_TO_ACCELERATOR_PRECISION = {"int4-weight": "int4", "mixed": "int8"}
+_DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+_FLOATS = ("fp32", "fp16", "bf16")
+
+
+def canonical_dtype(dtype: str) -> str:
+    """One spelling for dtypes across graphs and profiles (``float32`` -> ``fp32``)."""
+    return _DTYPE_ALIASES.get(dtype, dtype)
+
+
+def _execution_dtypes(op: GraphOp, precision: str) -> set[str]:
+    """Float tensors execute in the artifact's precision (TensorRT --fp16, QDQ int8), the rest as stored."""
+    dtypes = {canonical_dtype(d) for d in op.dtypes}
+    if precision in _FLOATS or precision in ("int8", "uint8"):
+        dtypes = {precision if d in _FLOATS else d for d in dtypes}
+    return dtypes
+
+
+@dataclass(frozen=True)
+class GraphOp:
+    """One op of a graph with the facts the constraints look at (``None`` = unknown)."""
+
+    name: str
+    op_type: str
+    dtypes: tuple[str, ...] = ()
+    rank: int | None = None
+    static: bool = True
+    kernel: int | None = None
+    stride: int | None = None
+    dilation: int | None = None
+    channels: int | None = None
+    version: int | None = None
+
+
+@dataclass
+class AcceleratorPlacement:
+    """How much of the graph one accelerator takes."""
+
+    accelerator: str
+    kind: str
+    supported: int = 0
+    fallback: list[dict[str, str]] = field(default_factory=list)
+    first_fallback_index: int | None = None
+
+    @property
+    def fallback_fraction(self) -> float:
+        total = self.supported + len(self.fallback)
+        return len(self.fallback) / total if total else 0.0
+
+
+@dataclass
+class PlacementReport:
+    """Per-accelerator placement of ``total_ops`` ops, checked in ``vocabulary``."""
+
+    profile: str
+    vocabulary: str
+    total_ops: int
+    op_counts: dict[str, int]
+    accelerators: list[AcceleratorPlacement]
+    checked_on: str
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        for entry, placement in zip(data["accelerators"], self.accelerators):
+            entry["fallback_fraction"] = round(placement.fallback_fraction, 4)
+        return data
+
+
+def _violations(op: GraphOp, rule: OpConstraint, precision: str) -> list[str]:
+    dtypes = _execution_dtypes(op, precision)
+    allowed = {canonical_dtype(d) for d in rule.dtypes or ()}
+    checks = [
+        (rule.dtypes is not None and bool(dtypes) and not dtypes <= allowed,
+         f"dtypes {sorted(dtypes)} not in {sorted(allowed)}"),
+        (rule.max_rank is not None and op.rank is not None and op.rank > rule.max_rank, f"rank {op.rank} > {rule.max_rank}"),
+        (rule.static_shapes and not op.static, "needs static shapes"),
+        (rule.max_kernel is not None and op.kernel is not None and op.kernel > rule.max_kernel,
+         f"kernel {op.kernel} > {rule.max_kernel}"),
+        (rule.max_stride is not None and op.stride is not None and op.stride > rule.max_stride,
+         f"stride {op.stride} > {rule.max_stride}"),
+        (rule.max_dilation is not None and op.dilation is not None and op.dilation > rule.max_dilation,
+         f"dilation {op.dilation} > {rule.max_dilation}"),
+        (rule.max_channels is not None and op.channels is not None and op.channels > rule.max_channels,
+         f"channels {op.channels} > {rule.max_channels}"),
+        (rule.versions is not None and op.version is not None and op.version not in rule.versions,
+         f"op version {op.version} not in {rule.versions}"),
+    ]
+    return [message for failed, message in checks if failed]
+
+
+def _place_one(name: str, accelerator: Accelerator, ops: list[GraphOp], precision: str) -> AcceleratorPlacement:
+    placement = AcceleratorPlacement(name, accelerator.kind)
+    wanted = RECIPE_TO_ACCELERATOR_PRECISION.get(precision, precision)
+    precision_reason = None
+    if wanted not in accelerator.precisions:
+        precision_reason = f"{name} runs {', '.join(accelerator.precisions)}; the artifact is {precision}"
+    for index, op in enumerate(ops):
+        rule = accelerator.ops.get(op.op_type)
+        if precision_reason:
+            reason = precision_reason
+        elif rule is None:
+            reason = f"{op.op_type} is not in the {name} op table"
+        else:
+            problems = _violations(op, rule, wanted)
+            reason = "; ".join(problems) if problems else ""
+        if reason:
+            placement.fallback.append({"op": op.name, "type": op.op_type, "reason": reason})
+            if placement.first_fallback_index is None:
+                placement.first_fallback_index = index
+        else:
+            placement.supported += 1
+    return placement
+
+
+def place(ops: list[GraphOp], profile: TargetProfile, precision: str, checked_on: str) -> PlacementReport:
+    """Check ``ops`` against every accelerator of ``profile`` that has an op table."""
+    vocabularies = {acc.op_vocabulary for acc in profile.accelerators.values()}
+    placements = [
+        _place_one(name, acc, ops, precision) for name, acc in profile.accelerators.items() if not acc.all_ops
+    ]
+    return PlacementReport(
+        profile=profile.id,
+        vocabulary="/".join(sorted(vocabularies)),
+        total_ops=len(ops),
+        op_counts=dict(Counter(op.op_type for op in ops)),
+        accelerators=placements,
+        checked_on=checked_on,
+    )
+
+
+_ONNX_TYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool", 11: "float64"}
+
+
+def onnx_graph_ops(path: Path) -> list[GraphOp]:
+    """The ops of an ONNX graph with dtype / rank / kernel / stride / dilation facts (after shape inference)."""
+    import onnx
+    from onnx import shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    graph = model.graph
+    types: dict[str, onnx.TypeProto] = {}
+    for value in list(graph.value_info) + list(graph.input) + list(graph.output):
+        types[value.name] = value.type
+    initializers = {init.name: init for init in graph.initializer}
+    ops = []
+    for index, node in enumerate(graph.node):
+        dtypes, ranks, static = [], [], True
+        for name in node.input:
+            if not name:
+                continue
+            if name in initializers:
+                dtypes.append(_ONNX_TYPES.get(initializers[name].data_type, "other"))
+                continue
+            tensor = types.get(name)
+            if tensor is None or not tensor.HasField("tensor_type"):
+                continue
+            dtypes.append(_ONNX_TYPES.get(tensor.tensor_type.elem_type, "other"))
+            dims = tensor.tensor_type.shape.dim
+            ranks.append(len(dims))
+            static = static and all(d.HasField("dim_value") for d in dims)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        weight = initializers.get(node.input[1]) if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 else None
+        ops.append(GraphOp(
+            name=node.name or f"{node.op_type}_{index}",
+            op_type=node.op_type,
+            dtypes=tuple(sorted(set(dtypes))),
+            rank=max(ranks) if ranks else None,
+            static=static,
+            kernel=max(attrs["kernel_shape"]) if attrs.get("kernel_shape") else None,
+            stride=max(attrs["strides"]) if attrs.get("strides") else None,
+            dilation=max(attrs["dilations"]) if attrs.get("dilations") else None,
+            channels=int(weight.dims[0]) if weight is not None and weight.dims else None,
+        ))
+    return ops
+
+
+_TFLITE_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8"}
+
+
+def tflite_graph_ops(path: Path) -> list[GraphOp]:
+    """The operators of a .tflite file's main subgraph with input dtypes, rank, static-ness and op version."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
+    codes = []
+    for index in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(index)
+        custom = code.CustomCode()
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        codes.append((custom.decode() if custom else names.get(builtin, f"BUILTIN_{builtin}"), code.Version()))
+    graph = model.Subgraphs(0)
+    ops = []
+    for index in range(graph.OperatorsLength()):
+        operator = graph.Operators(index)
+        op_type, version = codes[operator.OpcodeIndex()]
+        dtypes, ranks, static = set(), [], True
+        for position in range(operator.InputsLength()):
+            tensor_index = operator.Inputs(position)
+            if tensor_index < 0:
+                continue
+            tensor = graph.Tensors(tensor_index)
+            dtypes.add(_TFLITE_TYPES.get(tensor.Type(), "other"))
+            ranks.append(tensor.ShapeLength())
+            signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else None
+            static = static and not (signature is not None and (signature < 0).any())
+        ops.append(GraphOp(f"{op_type}_{index}", op_type, tuple(sorted(dtypes)), max(ranks) if ranks else None,
+                           static, version=version))
+    return ops
+
+
+def _onnx_file(artifact_path: Path, artifact_format: str, hub: Path | None) -> Path | None:
+    return artifact_path if artifact_format == "onnx" else hub
+
+
+GRAPH_READERS = {
+    "onnx": lambda path, fmt, hub: (onnx_graph_ops, _onnx_file(path, fmt, hub)),
+    "tflite": lambda path, fmt, hub: (tflite_graph_ops, path if fmt.startswith("tflite") else None),
+}
+"""vocabulary -> (reader, file to read) for an artifact; MIL (Core ML) arrives with the Core ML exporter."""
+
+
+def placement_for(
+    profile: TargetProfile, precision: str, artifact_path: Path, artifact_format: str, hub: Path | None
+) -> PlacementReport | None:
+    """Placement of an exported artifact on ``profile``; ``None`` when the profile has no op tables or the
+    graph cannot be read in the profile's vocabulary."""
+    checked = [acc for acc in profile.accelerators.values() if not acc.all_ops]
+    if not checked:
+        return None
+    vocabulary = checked[0].op_vocabulary
+    reader = GRAPH_READERS.get(vocabulary)
+    if reader is None:
+        return None
+    read, path = reader(artifact_path, artifact_format, hub)
+    if path is None:
+        return None
+    return place(read(path), profile, precision, checked_on=path.name)
