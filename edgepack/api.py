@@ -20,6 +20,7 @@ from edgepack.bundle.writer import BundleWriter
 from edgepack.compress.gate import Gate
 from edgepack.compress.recipe import RecipeBook, load_recipe_file, load_recipes
 from edgepack.data.dataset import Dataset, load_dataset
+from edgepack.exporters.onnx import export_onnx
 from edgepack.errors import DataError, InputError
 from edgepack.models.input_spec import parse_input_spec
 from edgepack.models.loaders import load_source
@@ -27,10 +28,13 @@ from edgepack.models.reference import reference_predictor
 from edgepack.models.sample import example_dataset_arrays
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.pipeline import Evaluation, ProgressFn, TargetResult, run_target
+from edgepack.targets.placement import PlacementReport
 from edgepack.targets.registry import Registry, load_registry
 from edgepack.targets.schema import TargetProfile
 
 PARITY_SAMPLES = 32
+CHECK_CONVERTERS = {"tflite": "tflite"}
+"""Which exporter produces the graph a vocabulary is checked on (Edge TPU profiles are checked on TFLite)."""
 SYNTHETIC_SAMPLES = 8
 
 
@@ -183,6 +187,40 @@ def _stage_target(writer: BundleWriter, result: TargetResult) -> None:
     root = result.artifact.path.parent
     for file in result.artifact.files:
         writer.add_file(file, f"{artifact_dir(target)}/{file.relative_to(root).as_posix()}")
+
+
+def check(
+    source: str | ModelSource,
+    target: str,
+    *,
+    weights: str | Path | None = None,
+    inputs: Sequence[str | TensorSpec] = (),
+    registry: Registry | None = None,
+) -> PlacementReport | None:
+    """Placement precheck of ``source`` on ``target`` without the recipe chain, parity or a bundle.
+
+    ONNX-vocabulary profiles are checked on the ONNX hub graph in the precision of the profile's preferred
+    recipe; TFLite-vocabulary ones (Edge TPU included) on an fp32 TFLite conversion. ``None`` when the profile
+    has no accelerator with an op table (everything runs on its CPU).
+    """
+    from edgepack.exporters.registry import get_exporter
+    from edgepack.targets.placement import placement_for
+
+    profile = (registry or load_registry()).get(target)
+    specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
+    model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs)
+    scratch = Path(tempfile.mkdtemp(prefix="edgepack-check-"))
+    try:
+        hub = export_onnx(model, scratch / "_onnx", dynamic=profile.dynamic_shapes)
+        vocabularies = {acc.op_vocabulary for acc in profile.accelerators.values() if not acc.all_ops}
+        recipes = load_recipes()
+        if vocabularies <= {"onnx"}:
+            return placement_for(profile, recipes.get(profile.recipes[0]).precision, hub, "onnx", hub)
+        converter = get_exporter(CHECK_CONVERTERS.get(next(iter(vocabularies)), profile.runtime))
+        artifact = converter.export(model, profile, recipes.get("fp32"), None, scratch / "fp32")
+        return placement_for(profile, artifact.precision, artifact.path, artifact.format, hub)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def verify(bundle: str | Path, *, public_key: str | Path | None = None) -> VerifyResult:

@@ -127,6 +127,37 @@ def targets_show(
         console.print(f"  note: {note}")
 
 
+@targets_app.command("check")
+def targets_check(
+    source: Annotated[str, typer.Argument(help="Model source, as for 'edgepack export'.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target id.")],
+    inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME:1x3x224x224:float32 (repeatable).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Weights for torchvision/timm/factory sources.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Precheck where SOURCE's ops would run on each accelerator of TARGET (no recipe chain, no bundle)."""
+    from edgepack import api
+
+    with _user_errors():
+        report = api.check(source, target, weights=weights, inputs=inputs or ())
+    data = None if report is None else report.to_dict()
+    if as_json:
+        _print_json(data)
+        return
+    console = _console()
+    if data is None:
+        console.print(f"{target}: no accelerator with an op table; every op runs on the CPU")
+        return
+    console.print(f"{target}: {data['total_ops']} ops checked ({data['vocabulary']}, {data['checked_on']})")
+    for acc in data["accelerators"]:
+        console.print(f"  {acc['accelerator']} ({acc['kind']}): {acc['supported']}/{data['total_ops']} ops, "
+                      f"{acc['fallback_fraction']:.0%} fall back to the CPU")
+        for fallback in acc["fallback"][:10]:
+            console.print(f"    {fallback['op']} [{fallback['type']}]: {fallback['reason']}")
+        if len(acc["fallback"]) > 10:
+            console.print(f"    ... and {len(acc['fallback']) - 10} more")
+
+
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str, str], None]]:
     if not enabled:

@@ -83,3 +83,21 @@ def test_dla_requires_static_shapes_and_its_precisions(tmp_path, registry):
     static = onnx_graph_ops(_conv_erf_graph(tmp_path / "s.onnx", batch=1))
     fp32 = next(a for a in place(static, registry.get("jetson-orin"), "fp32", "s").accelerators if a.accelerator == "dla")
     assert fp32.supported == 0 and "the artifact is fp32" in fp32.fallback[0]["reason"]
+
+
+def test_targets_check_cli(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    factory = tmp_path / "sine.py"
+    factory.write_text(SIN_FACTORY)
+    proc = subprocess.run([sys.executable, "-m", "edgepack.cli", "targets", "check", f"{factory}:build",
+                           "-t", "android-pixel8", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    gpu = next(a for a in report["accelerators"] if a["accelerator"] == "gpu")
+    assert [f["type"] for f in gpu["fallback"]] == ["SIN"]
+    host = subprocess.run([sys.executable, "-m", "edgepack.cli", "targets", "check", "demo:digits", "-t", "host-ort"],
+                          capture_output=True, text=True, timeout=300)
+    assert host.returncode == 0 and "every op runs on the CPU" in host.stdout
