@@ -214,11 +214,13 @@ def check(
         hub = export_onnx(model, scratch / "_onnx", dynamic=profile.dynamic_shapes)
         vocabularies = {acc.op_vocabulary for acc in profile.accelerators.values() if not acc.all_ops}
         recipes = load_recipes()
+        # Ops are judged in the precision of the profile's preferred recipe (quantization keeps the op set).
+        precision = recipes.get(profile.recipes[0]).precision
         if vocabularies <= {"onnx"}:
-            return placement_for(profile, recipes.get(profile.recipes[0]).precision, hub, "onnx", hub)
+            return placement_for(profile, precision, hub, "onnx", hub)
         converter = get_exporter(CHECK_CONVERTERS.get(next(iter(vocabularies)), profile.runtime))
         artifact = converter.export(model, profile, recipes.get("fp32"), None, scratch / "fp32")
-        return placement_for(profile, artifact.precision, artifact.path, artifact.format, hub)
+        return placement_for(profile, precision, artifact.path, artifact.format, hub)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

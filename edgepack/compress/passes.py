@@ -26,8 +26,10 @@ class PassConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-TrainStep = Callable[[Any, Any], float]
-"""``train_step(module, batch) -> loss``: one optimisation step supplied by the user (edgepack never invents labels)."""
+TrainStep = Callable[[Any, Any], Any]
+"""``train_step(module, batch) -> loss``: one step supplied by the user (edgepack never invents labels). A loss
+tensor that requires grad is back-propagated and stepped by the pass; any other return value (a float) means
+the step updated the module itself."""
 
 
 @dataclass(frozen=True)
