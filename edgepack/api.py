@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from edgepack.bundle.signing import load_signer
 from edgepack.bundle.verify import VerifyResult, verify_bundle
 from edgepack.bundle.writer import BundleWriter
 from edgepack.compress.gate import Gate
+from edgepack.compress.passes import PassContext, TrainStep
 from edgepack.compress.recipe import RecipeBook, load_recipe_file, load_recipes
 from edgepack.data.dataset import Dataset, load_dataset
 from edgepack.exporters.onnx import export_onnx
@@ -123,12 +125,17 @@ def export(
     inputs: Sequence[str | TensorSpec] = (),
     recipe_chain: Sequence[str | Path] = (),
     sign_key: str | Path | None = None,
+    train_data: Iterable[Any] | None = None,
+    train_step: TrainStep | None = None,
+    pass_options: dict[str, Any] | None = None,
     registry: Registry | None = None,
     recipes: RecipeBook | None = None,
     progress: ProgressFn = lambda target, stage: None,
 ) -> ExportResult:
     """Export ``source`` to every target and write one bundle ``OUT/NAME.edgepack`` atomically.
 
+    ``train_data`` / ``train_step`` feed passes that train (QAT, distillation, pruning fine-tune);
+    ``pass_options`` is handed to passes as ``PassContext.extra`` (e.g. ``{"student": module}`` for distill).
     Raises :class:`edgepack.errors.EdgepackError` for bad input before anything is written.
     """
     if not 0 <= max_drop <= 1:
@@ -152,10 +159,12 @@ def export(
     bundle_name = _bundle_name(model, name)
     evaluation = _evaluation(model, calib_data, eval_set, max_drop, max_slowdown)
     destination = Path(out) / f"{bundle_name}.edgepack"
+    training = PassContext(calib=calib_data, train_data=train_data, train_step=train_step,
+                           input_names=tuple(s.name for s in model.inputs), extra=dict(pass_options or {}))
     scratch = Path(tempfile.mkdtemp(prefix="edgepack-"))
     try:
         results = [
-            run_target(model, profile, recipes, calib_data, evaluation, scratch / profile.id, progress)
+            run_target(model, profile, recipes, calib_data, evaluation, scratch / profile.id, progress, training)
             for profile in profiles
         ]
         manifest = build_manifest(

@@ -152,6 +152,7 @@ def run_target(
     evaluation: Evaluation,
     workdir: Path,
     progress: ProgressFn = lambda target, stage: None,
+    training: PassContext | None = None,
 ) -> TargetResult:
     """Export ``source`` for ``profile`` down its recipe chain; never raises for per-target failures."""
     try:
@@ -165,7 +166,8 @@ def run_target(
     result = TargetResult(profile, "failed")
     baseline = _Fp32Baseline(exporter, source, profile, recipes, workdir)
     try:
-        _Chain(result, exporter, source, recipes, calib, evaluation, workdir, baseline, progress).walk()
+        context = training or PassContext(calib=calib, input_names=tuple(s.name for s in source.inputs))
+        _Chain(result, exporter, source, recipes, calib, evaluation, workdir, baseline, progress, context).walk()
     finally:
         baseline.close()
     if result.artifact is not None:
@@ -189,6 +191,7 @@ class _Chain:
     workdir: Path
     baseline: _Fp32Baseline
     progress: ProgressFn
+    context: PassContext
 
     def attempt(self, recipe: Recipe, label: str) -> Attempt:
         """Export with ``recipe``, run it, check parity/gate/latency; record and return the attempt."""
@@ -200,7 +203,7 @@ class _Chain:
             compressed = self.source
             if recipe.passes:
                 self.progress(profile.id, f"compressing {label}")
-                compressed = apply_passes(self.source, recipe.passes, PassContext(calib=self.calib))
+                compressed = apply_passes(self.source, recipe.passes, self.context)
             self.progress(profile.id, f"exporting {label}")
             artifact = self.exporter.export(compressed, profile, recipe, self.calib, self.workdir / _dirname(label))
             attempt.converter = artifact.converter

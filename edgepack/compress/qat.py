@@ -425,4 +425,6 @@ class QatPass(TorchPass):
             )
         calib: Iterable[Any] | Dataset = context.calib if context.calib is not None else context.train_data
         quantized = prepare_qat(module, calib, qat_config)
-        return fine_tune(quantized, context.train_data, context.train_step, qat_config)
+        tuned = fine_tune(quantized, context.train_data, context.train_step, qat_config)
+        tuned.edgepack_onnx_export = export_qdq_onnx  # the hub export must emit Q/DQ pairs (see onnx.py)
+        return tuned

@@ -12,7 +12,7 @@ from edgepack.compress.recipe import Recipe
 from edgepack.data.dataset import Dataset
 from edgepack.errors import UnsupportedError
 from edgepack.exporters.base import Artifact, Exporter
-from edgepack.exporters.onnx import export_onnx
+from edgepack.exporters.onnx import export_onnx, is_prequantized
 from edgepack.models.source import ModelSource
 from edgepack.targets.schema import TargetProfile
 
@@ -52,8 +52,11 @@ class OnnxHubExporter(Exporter):
         dynamic = profile.dynamic_shapes
         hub = export_onnx(source, workdir.parent / "_onnx", dynamic=dynamic)
         workdir.mkdir(parents=True, exist_ok=True)
-        quantization = plan(recipe, calib) if recipe.precision in QUANTIZED else None
+        prequantized = is_prequantized(source)
+        quantization = plan(recipe, calib) if recipe.precision in QUANTIZED and not prequantized else None
         files, settings = self.convert(hub, recipe, quantization, workdir)
+        if prequantized:
+            settings = {**settings, "mode": "qat-qdq", "quantized_by": "edgepack qat pass (NNCF fake-quant)"}
         inputs = source.inputs if dynamic else [s.with_static_shape() for s in source.inputs]
         outputs = source.outputs if dynamic else [s.with_static_shape() for s in source.outputs]
         return Artifact(

@@ -101,6 +101,11 @@ def _fix_static_shapes(path: Path, specs: list[TensorSpec]) -> None:
     onnx.save(model, str(path))
 
 
+def is_prequantized(source: ModelSource) -> bool:
+    """True for modules that carry their own quantization (QAT fake-quant) and export as QDQ ONNX."""
+    return callable(getattr(source.torch_module, "edgepack_onnx_export", None))
+
+
 def export_onnx(source: ModelSource, workdir: Path, *, dynamic: bool) -> Path:
     """Write ``source`` as one self-contained ONNX file under ``workdir`` and return its path.
 
@@ -115,6 +120,13 @@ def export_onnx(source: ModelSource, workdir: Path, *, dynamic: bool) -> Path:
     path = workdir / ("model.onnx" if dynamic else "model.static.onnx")
     if source.onnx_path is not None:
         _copy_onnx(source.onnx_path, path)
+    elif is_prequantized(source):
+        from edgepack.models.sample import example_inputs
+
+        source.torch_module.edgepack_onnx_export(
+            source.torch_module, example_inputs(source.inputs, batch=1, seed=0), [s.name for s in source.inputs],
+            [s.name for s in source.outputs], path, dynamic_batch=dynamic,
+        )
     else:
         errors: list[str] = []
         for name, fn in (("torch.onnx (TorchScript)", _export_torchscript), ("torch.onnx (dynamo)", _export_dynamo)):

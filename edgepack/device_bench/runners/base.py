@@ -1,0 +1,193 @@
+"""The runner interface, URI dispatch, and the artifact record as runners ship it.
+
+A runner measures one artifact on one device: ``Runner.run(artifact, config) -> BenchResult``.
+:func:`runner_for_uri` picks the runner class from the URI scheme through :data:`RUNNERS`
+(scheme -> ``module:Class``, imported on first use); adding a runner is one module and one line there.
+
+Artifacts travel as a manifest-style artifact entry (the same keys as ``manifest["targets"][id]["artifact"]``)
+with paths relative to a root directory, plus the input specs to feed: see :func:`job_to_dict` and
+:func:`artifact_from_entry`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from importlib import import_module
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl
+
+from edgepack.device_bench.config import BenchConfig, BenchResult
+from edgepack.errors import BundleError, EdgepackError, InputError
+from edgepack.exporters.base import Artifact
+from edgepack.models.source import Preprocess, QuantParams, TensorSpec
+
+RUNNERS: dict[str, str] = {
+    "host": "edgepack.device_bench.runners.host:HostRunner",
+    "ssh": "edgepack.device_bench.runners.ssh:SshRunner",
+}
+"""URI scheme -> ``module:Class`` of its runner."""
+
+JOB_FILE = "artifact.json"
+"""Name of the job description the SSH runner copies next to the artifact files."""
+
+
+class RunnerError(EdgepackError):
+    """A device could not be reached, or the benchmark run on it failed."""
+
+
+class Runner(ABC):
+    """Measures artifacts on one device."""
+
+    scheme: ClassVar[str]
+    option_names: ClassVar[tuple[str, ...]] = ()
+    """Options the runner accepts (in the URI query or as keyword options)."""
+
+    @classmethod
+    @abstractmethod
+    def from_uri(cls, uri: str, options: Mapping[str, str]) -> "Runner":
+        """Build the runner for ``uri``; ``options`` are already merged with the URI query and checked."""
+
+    @property
+    @abstractmethod
+    def uri(self) -> str:
+        """The runner's URI as recorded in results (no query options)."""
+
+    @abstractmethod
+    def run(self, artifact: Artifact, config: BenchConfig, *, inputs: Sequence[TensorSpec] | None = None) -> BenchResult:
+        """Measure ``artifact``. ``inputs`` are the specs of what its predictor takes (default: its own inputs)."""
+
+
+def _split(uri: str) -> tuple[str, str, str]:
+    """(scheme, rest without query, query) of ``uri``; a bare word such as ``host`` is a scheme."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        scheme, rest = uri, ""
+    rest, _, query = rest.partition("?")
+    return scheme, rest, query
+
+
+def merge_options(uri: str, query: str, options: Mapping[str, str], allowed: Sequence[str]) -> dict[str, str]:
+    """URI query and keyword options as one dict; unknown names and conflicting values are refused."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
+    except ValueError as exc:
+        raise InputError(f"runner {uri}: malformed query: {exc}") from None
+    merged: dict[str, str] = {}
+    for name, value in [*pairs, *options.items()]:
+        if name not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise InputError(f"runner {uri}: unknown option '{name}'", hint=f"options: {known}")
+        if name in merged and merged[name] != str(value):
+            raise InputError(f"runner {uri}: option '{name}' given twice with different values")
+        merged[name] = str(value)
+    return merged
+
+
+def runner_for_uri(uri: str, **options: str) -> Runner:
+    """The runner for ``uri`` (``host``, ``ssh://user@host[:port]``, ...); ``options`` add to the URI query."""
+    scheme, _, query = _split(uri.strip())
+    target = RUNNERS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" if s != "host" else s for s in RUNNERS)
+        raise InputError(f"runner '{uri}': unknown scheme '{scheme}'", hint=f"known runners: {known}")
+    module, name = target.split(":")
+    cls: type[Runner] = getattr(import_module(module), name)
+    return cls.from_uri(uri.strip(), merge_options(uri, query, options, cls.option_names))
+
+
+# --------------------------------------------------------------------------------------------------
+# Artifact records as runners ship them
+# --------------------------------------------------------------------------------------------------
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> TensorSpec:
+    """Inverse of :meth:`TensorSpec.to_dict`."""
+    try:
+        pre = data.get("preprocess")
+        quant = data.get("quant")
+        return TensorSpec(
+            name=str(data["name"]),
+            shape=tuple(d if isinstance(d, str) else int(d) for d in data["shape"]),
+            dtype=str(data.get("dtype", "float32")),
+            layout=data.get("layout"),
+            preprocess=Preprocess(
+                float(pre.get("scale", 1.0)),
+                tuple(pre.get("mean", ())),
+                tuple(pre.get("std", ())),
+                str(pre.get("description", "")),
+            )
+            if pre
+            else None,
+            quant=QuantParams(float(quant["scale"]), int(quant["zero_point"])) if quant else None,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"malformed tensor spec {dict(data)!r}: {exc}") from None
+
+
+def _inside(root: Path, relative: str) -> Path:
+    path = (root / relative).resolve()
+    if Path(relative).is_absolute() or not path.is_relative_to(root.resolve()):
+        raise BundleError(f"{root}: artifact path '{relative}' escapes the bundle")
+    return path
+
+
+def artifact_from_entry(
+    root: Path, target_id: str, runtime: str, entry: Mapping[str, Any], *, recipe: str = "", toolchain: Mapping[str, str] | None = None
+) -> Artifact:
+    """Rebuild an :class:`Artifact` from a manifest-style artifact ``entry`` whose paths are relative to ``root``."""
+    try:
+        return Artifact(
+            target_id=target_id,
+            runtime=runtime,
+            path=_inside(root, entry["path"]),
+            files=tuple(_inside(root, f) for f in entry["files"]),
+            format=str(entry["format"]),
+            precision=str(entry["precision"]),
+            recipe=recipe,
+            inputs=tuple(spec_from_dict(s) for s in entry["inputs"]),
+            outputs=tuple(spec_from_dict(s) for s in entry["outputs"]),
+            toolchain=dict(toolchain or {}),
+            converter=str(entry.get("converter", "")),
+            notes=tuple(entry.get("notes", ())),
+            settings=dict(entry.get("settings", {})),
+        )
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{root}: artifact entry of target '{target_id}' is malformed: missing or bad {exc}") from None
+
+
+def job_to_dict(artifact: Artifact, inputs: Sequence[TensorSpec]) -> dict[str, Any]:
+    """The job a remote agent reads: the artifact entry (paths relative to the artifact's directory) and
+    the input specs to feed."""
+    root = artifact.path.parent
+    return {
+        "target": artifact.target_id,
+        "runtime": artifact.runtime,
+        "recipe": artifact.recipe,
+        "toolchain": artifact.toolchain,
+        "artifact": {
+            "path": artifact.path.relative_to(root).as_posix(),
+            "files": [f.relative_to(root).as_posix() for f in artifact.files],
+            "format": artifact.format,
+            "precision": artifact.precision,
+            "converter": artifact.converter,
+            "inputs": [s.to_dict() for s in artifact.inputs],
+            "outputs": [s.to_dict() for s in artifact.outputs],
+            "settings": artifact.settings,
+            "notes": list(artifact.notes),
+        },
+        "inputs": [s.to_dict() for s in inputs],
+    }
+
+
+def job_from_dict(data: Mapping[str, Any], root: Path) -> tuple[Artifact, tuple[TensorSpec, ...]]:
+    """Inverse of :func:`job_to_dict`, with files under ``root``."""
+    try:
+        artifact = artifact_from_entry(
+            root, str(data["target"]), str(data["runtime"]), data["artifact"], recipe=str(data.get("recipe", "")),
+            toolchain=data.get("toolchain"),
+        )
+        return artifact, tuple(spec_from_dict(s) for s in data["inputs"])
+    except KeyError as exc:
+        raise BundleError(f"{root}: job description lacks {exc}") from None
