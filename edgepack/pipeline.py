@@ -136,8 +136,8 @@ def _check(
 ) -> None:
     attempt.parity = compare(parity_reference, predictor, evaluation.parity_inputs.batches(), recipe.parity)
     attempt.gate = evaluation.gate.evaluate(evaluation.reference, predictor, evaluation.reference_logits())
-    if recipe.precision == "fp32" and not recipe.passes:
-        return
+    if (recipe.precision == "fp32" and not recipe.passes) or predictor.proxy_for:
+        return  # a proxy's speed says nothing about the device
     fp32 = baseline.predictor()
     if fp32 is not None:
         attempt.latency = compare_latency(fp32, predictor, evaluation.parity_inputs.batch(0))
@@ -225,6 +225,9 @@ class _Chain:
                 attempt.status, attempt.reason = "rejected", f"gate: {attempt.gate.reason}"
             else:
                 attempt.status, attempt.reason = "passed", "parity and gate passed"
+                if predictor.proxy_for:
+                    attempt.reason += f" on {predictor.proxy_for}"
+                    self.result.runnable = f"checked on {predictor.proxy_for}"
                 self.result.artifact = artifact
                 self._place(artifact, compressed)
         except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others

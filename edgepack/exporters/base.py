@@ -82,6 +82,9 @@ class Predictor(ABC):
     """Runs an artifact on this host. Takes and returns arrays keyed by the *source* model's I/O names,
     in the source's layout, so parity and gates compare like with like."""
 
+    proxy_for: ClassVar[str | None] = None
+    """Set when this predictor stands in for a runtime that cannot run here (numerics only, no latency)."""
+
     @abstractmethod
     def __call__(self, inputs: Arrays) -> Arrays: ...
 

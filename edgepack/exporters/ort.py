@@ -19,13 +19,15 @@ DEFAULT_THREADS = 2
 class OrtPredictor(Predictor):
     """Runs an ONNX file in an ONNX Runtime CPU session (names are the source's own)."""
 
-    def __init__(self, path: Path, *, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, path: Path, *, threads: int = DEFAULT_THREADS, optimize: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -1,0 +1,79 @@
+"""TensorRT (Jetson) artifacts: explicit-quantization QDQ ONNX, calibration cache, trtexec build script.
+
+TensorRT itself needs an NVIDIA GPU; here the ONNX is checked with the onnx checker and its numerics with
+ONNX Runtime as a labelled proxy (never a latency)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgepack import api
+from edgepack.models.loaders import load_source
+from edgepack.models.input_spec import parse_input_spec
+from edgepack.models.sample import example_dataset_arrays
+
+
+@pytest.fixture(scope="module")
+def jetson_bundle(tmp_path_factory):
+    return api.export("demo:digits", ["jetson-orin", "jetson-orin-nano"], out=tmp_path_factory.mktemp("trt"))
+
+
+def test_int8_qdq_is_symmetric_per_channel(jetson_bundle):
+    entry = jetson_bundle.manifest["targets"]["jetson-orin"]
+    assert entry["status"] == "ok" and entry["recipe"] == "int8", entry["attempts"]
+    assert entry["runnable_here"].startswith("checked on ONNX Runtime CPU (proxy")
+    assert entry["gate"]["drop"] <= 0.01 and entry["gate"]["latency_ratio"] is None
+    model = onnx.load(str(jetson_bundle.bundle / entry["artifact"]["path"]))
+    onnx.checker.check_model(model, full_check=True)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    quant_nodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert quant_nodes
+    for node in quant_nodes:
+        zero_point = inits.get(node.input[2]) if len(node.input) > 2 else None
+        assert zero_point is not None and zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    per_channel = [n for n in quant_nodes if any(a.name == "axis" for a in n.attribute) and inits[n.input[1]].size > 1]
+    assert per_channel, "weights must carry per-channel scales"
+
+
+def test_build_script_and_flags(jetson_bundle):
+    orin = jetson_bundle.manifest["targets"]["jetson-orin"]["artifact"]
+    nano = jetson_bundle.manifest["targets"]["jetson-orin-nano"]["artifact"]
+    for artifact in (orin, nano):
+        assert artifact["settings"]["engine"] == "built on device (not portable)"
+        script = (jetson_bundle.bundle / "artifacts" / artifact["path"].split("/")[1] / "build_engine.sh").read_text()
+        assert script.startswith("#!/bin/sh") and artifact["settings"]["trtexec"] in script
+        assert "--int8" in script and "--fp16" in script and "--saveEngine=model.engine" in script
+        assert "--minShapes=image:1x1x8x8" in script and "--maxShapes=image:8x1x8x8" in script
+    assert "--useDLACore=0 --allowGPUFallback" in orin["settings"]["trtexec"]
+    assert "--useDLACore" not in nano["settings"]["trtexec"], "Orin Nano has no DLA"
+    assert orin["settings"]["tensorrt"] == ">=10.3,<11"
+
+
+def test_calibration_cache_format(jetson_bundle):
+    cache = (jetson_bundle.bundle / "artifacts/jetson-orin/calibration.cache").read_text().splitlines()
+    assert cache[0].startswith("TRT-") and cache[0].endswith("EntropyCalibration2")
+    entries = dict(line.split(": ") for line in cache[1:])
+    assert "image" in entries
+    scales = [struct.unpack(">f", bytes.fromhex(value))[0] for value in entries.values()]
+    assert all(np.isfinite(s) and s > 0 for s in scales)
+    # the input is 0..1 pixels: amax 1.0 -> scale 1/127
+    assert struct.unpack(">f", bytes.fromhex(entries["image"]))[0] == pytest.approx(1 / 127, rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mobilenet_v2", "resnet18"])
+def test_torchvision_models_export_for_jetson(tmp_path, model):
+
+    source = load_source(f"torchvision:{model}", inputs=[parse_input_spec("input:batchx3x96x96")])
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=example_dataset_arrays(source.inputs, 16, seed=0)["input"])
+    result = api.export(source, ["jetson-orin"], calib=calib, out=tmp_path / "out", recipe_chain=["int8", "fp16"])
+    entry = result.manifest["targets"]["jetson-orin"]
+    assert entry["status"] == "ok", entry["error"]
+    onnx.checker.check_model(onnx.load(str(result.bundle / entry["artifact"]["path"])))
+    assert entry["placement"]["accelerators"][0]["accelerator"] == "gpu"
