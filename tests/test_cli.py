@@ -71,12 +71,12 @@ def test_export_demo_prints_table_and_verifies(tmp_path):
 
 
 def test_export_json_and_partial_failure_exit_code(tmp_path):
-    proc = run("export", "demo:digits", "-t", "host-ort", "-t", "jetson-orin", "--out", str(tmp_path), "--json")
+    proc = run("export", "demo:digits", "-t", "host-ort", "-t", "iphone-15-pro", "--out", str(tmp_path), "--json")
     assert proc.returncode == 1
     data = json.loads(proc.stdout)
     assert data["ok"] is False
     assert data["manifest"]["targets"]["host-ort"]["status"] == "ok"
-    assert data["manifest"]["targets"]["jetson-orin"]["status"] == "unsupported"
+    assert data["manifest"]["targets"]["iphone-15-pro"]["status"] == "unsupported"
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:

@@ -115,9 +115,9 @@ def test_recipe_chain_falls_back_when_parity_fails(tmp_path, registry, recipes):
 
 
 def test_unsupported_runtime_fails_only_that_target(tmp_path):
-    result = api.export("demo:digits", ["host-ort", "jetson-orin"], out=tmp_path)
+    result = api.export("demo:digits", ["host-ort", "iphone-15-pro"], out=tmp_path)
     assert not result.ok
     statuses = {r.profile.id: r.status for r in result.results}
-    assert statuses == {"host-ort": "ok", "jetson-orin": "unsupported"}
-    assert "not yet supported" in result.manifest["targets"]["jetson-orin"]["error"]
+    assert statuses == {"host-ort": "ok", "iphone-15-pro": "unsupported"}
+    assert "not yet supported" in result.manifest["targets"]["iphone-15-pro"]["error"]
     verify_bundle(result.bundle)
