@@ -109,7 +109,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return api.export("demo:digits", ["host-ort"], out=tmp_path_factory.mktemp("ssh_bundle"), recipe_chain=["fp32"]).bundle
+    out = tmp_path_factory.mktemp("ssh_bundle")
+    return api.export("demo:digits", ["host-ort"], out=out, recipe_chain=["fp32"]).bundle
 
 
 def _remote_dirs() -> set[str]:
@@ -165,6 +166,13 @@ def test_wrong_host_key_is_refused(sshd: SshServer, bundle: Path, tmp_path: Path
     with pytest.raises(InputError, match="host key verification failed"):
         bench_bundle(bundle, "host-ort", sshd.uri, CONFIG, runner_options=sshd.options(known_hosts=str(known)))
     assert known.read_text() == ""
+
+
+def test_unknown_client_key_is_refused(sshd: SshServer, bundle: Path, tmp_path: Path) -> None:
+    _keygen(tmp_path / "stranger")
+    options = sshd.options(identity=str(tmp_path / "stranger"))
+    with pytest.raises(InputError, match="authentication refused"):
+        bench_bundle(bundle, "host-ort", sshd.uri, CONFIG, runner_options=options)
 
 
 def test_remote_failure_still_cleans_up(sshd: SshServer, bundle: Path) -> None:
@@ -228,7 +236,8 @@ def test_runner_options_checked(tmp_path: Path) -> None:
 
 
 def _agent(job_dir: Path, runtime: str, config: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "edgepack.device_bench.agent", str(job_dir), "--runtime", runtime, "--config", config]
+    command = [sys.executable, "-m", "edgepack.device_bench.agent", str(job_dir)]
+    command += ["--runtime", runtime, "--config", config]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 

@@ -73,7 +73,8 @@ class BenchConfig:
             ("timeout_s", self.timeout_s, 0),
         )
         for name, value, lowest in checks:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < lowest:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < lowest:
                 raise InputError(f"{name} {value!r}: must be a number >= {lowest}")
         if self.timeout_s == 0:
             raise InputError("timeout_s 0: must be positive")
@@ -181,7 +182,9 @@ class BenchResult:
         _check_keys(cls, data, "bench result")
         version = data.get("schema_version", RESULT_SCHEMA_VERSION)
         if version != RESULT_SCHEMA_VERSION:
-            raise InputError(f"bench result: schema_version {version!r} is not supported (expected {RESULT_SCHEMA_VERSION})")
+            raise InputError(
+                f"bench result: schema_version {version!r} is not supported (expected {RESULT_SCHEMA_VERSION})"
+            )
         values = dict(data)
         try:
             values["latencies_ms"] = tuple(float(v) for v in data["latencies_ms"])

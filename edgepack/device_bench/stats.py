@@ -5,7 +5,8 @@ Policies (stated here and in every :class:`LatencyStats`):
 * **Outliers** are *flagged, never dropped*: every kept sample enters every statistic; values above
   ``Q3 + 3 * IQR`` are counted in ``outliers`` so that a noisy run is visible.
 * **Warm-up**: :func:`detect_warmup` discards leading iterations until a rolling median settles within
-  5 % of the steady-state median (the median of the second half of the run), capped at half the run.
+  5 % of the steady-state median (the median of the second half of the run) -- or within 3 standard
+  errors of a window median where the run is noisier than that -- capped at half the run.
 * **Confidence intervals** are percentile-bootstrap 95 % intervals (1000 resamples, seeded), so the same
   samples always give the same interval.
 """
@@ -27,6 +28,8 @@ BOOTSTRAP_SEED = 0
 BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000
 """Resamples are drawn in chunks of at most this many values, so memory stays bounded for long runs."""
 WARMUP_TOLERANCE = 0.05
+WARMUP_NOISE_SE = 3.0
+"""Noisy runs: a window median may also lie this many of its standard errors from the steady median."""
 WARMUP_MAX_FRACTION = 0.5
 
 
@@ -133,7 +136,9 @@ def detect_warmup(
     """Leading iterations to discard: until the rolling median settles near the steady-state median.
 
     The steady state is the median of the run's second half. A window of ``w`` iterations starting at
-    ``s`` is *settled* when its median is within ``tolerance`` of it and so are the next ``w`` windows.
+    ``s`` is *settled* when its median is within ``tolerance`` of it (or within 3 standard errors of a
+    window median, estimated from the second half's IQR, when that is wider) and so are the next ``w``
+    windows.
     The first settled window's median is already steady when fewer than half its values are slow, so
     the slow prefix ends about ``w // 2`` iterations after ``s``; that many more are discarded. At most
     ``max_fraction`` of the run is discarded; ``settled`` is False when the run never settled.
@@ -144,10 +149,13 @@ def detect_warmup(
     cap = int(n * max_fraction)
     if n < 2 * window:
         return Warmup(0, True, window)
-    steady = float(np.median(values[n // 2 :]))
+    tail = values[n // 2 :]
+    steady = float(np.median(tail))
+    q1, q3 = np.quantile(tail, [0.25, 0.75])
+    median_se = 1.2533 * (q3 - q1) / 1.349 / np.sqrt(window)  # normal-theory SE of a median, robust sigma
     span = min(n, cap + 2 * window)
     medians = np.median(np.lib.stride_tricks.sliding_window_view(values[:span], window), axis=1)
-    ok = np.abs(medians - steady) <= tolerance * steady
+    ok = np.abs(medians - steady) <= max(tolerance * steady, WARMUP_NOISE_SE * median_se)
     # runs[s]: windows s .. s+window-1 are all within tolerance.
     runs = np.convolve(ok.astype(np.int64), np.ones(window, dtype=np.int64), mode="valid") == window
     starts = np.flatnonzero(runs)

@@ -55,11 +55,13 @@ class Runner(ABC):
         """The runner's URI as recorded in results (no query options)."""
 
     @abstractmethod
-    def run(self, artifact: Artifact, config: BenchConfig, *, inputs: Sequence[TensorSpec] | None = None) -> BenchResult:
+    def run(
+        self, artifact: Artifact, config: BenchConfig, *, inputs: Sequence[TensorSpec] | None = None
+    ) -> BenchResult:
         """Measure ``artifact``. ``inputs`` are the specs of what its predictor takes (default: its own inputs)."""
 
 
-def _split(uri: str) -> tuple[str, str, str]:
+def split_uri(uri: str) -> tuple[str, str, str]:
     """(scheme, rest without query, query) of ``uri``; a bare word such as ``host`` is a scheme."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
@@ -87,7 +89,7 @@ def merge_options(uri: str, query: str, options: Mapping[str, str], allowed: Seq
 
 def runner_for_uri(uri: str, **options: str) -> Runner:
     """The runner for ``uri`` (``host``, ``ssh://user@host[:port]``, ...); ``options`` add to the URI query."""
-    scheme, _, query = _split(uri.strip())
+    scheme, _, query = split_uri(uri.strip())
     target = RUNNERS.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" if s != "host" else s for s in RUNNERS)
@@ -134,7 +136,13 @@ def _inside(root: Path, relative: str) -> Path:
 
 
 def artifact_from_entry(
-    root: Path, target_id: str, runtime: str, entry: Mapping[str, Any], *, recipe: str = "", toolchain: Mapping[str, str] | None = None
+    root: Path,
+    target_id: str,
+    runtime: str,
+    entry: Mapping[str, Any],
+    *,
+    recipe: str = "",
+    toolchain: Mapping[str, str] | None = None,
 ) -> Artifact:
     """Rebuild an :class:`Artifact` from a manifest-style artifact ``entry`` whose paths are relative to ``root``."""
     try:
@@ -154,7 +162,7 @@ def artifact_from_entry(
             settings=dict(entry.get("settings", {})),
         )
     except (KeyError, TypeError) as exc:
-        raise BundleError(f"{root}: artifact entry of target '{target_id}' is malformed: missing or bad {exc}") from None
+        raise BundleError(f"{root}: artifact entry of target '{target_id}' has a bad or missing {exc}") from None
 
 
 def job_to_dict(artifact: Artifact, inputs: Sequence[TensorSpec]) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""``edgepack bench``: measure a bundle's artifacts with a runner.
+
+:func:`bench_bundle` verifies the bundle, rebuilds each target's :class:`Artifact` record from the
+manifest (:func:`artifact_from_manifest`), chooses the inputs its predictor takes (:func:`bench_inputs`)
+and hands both to the runner named by the URI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgepack.bundle.verify import verify_bundle
+from edgepack.bundle.writer import read_manifest
+from edgepack.device_bench.config import BenchConfig, BenchResult
+from edgepack.device_bench.runners.base import artifact_from_entry, runner_for_uri, spec_from_dict
+from edgepack.errors import InputError
+from edgepack.exporters.base import Artifact
+from edgepack.models.source import TensorSpec
+
+REMAPPED_IO_SETTING = "input_map"
+"""Artifact setting of exporters whose tensors are renamed/permuted from the source's (TFLite): their
+predictors take the *source's* inputs, so the bench feeds those."""
+
+
+def _target_entry(manifest: Mapping[str, Any], bundle: Path, target: str) -> Mapping[str, Any]:
+    targets = manifest.get("targets") or {}
+    if target not in targets:
+        known = ", ".join(sorted(targets)) or "none"
+        raise InputError(f"{bundle}: no target '{target}' in this bundle", hint=f"targets: {known}")
+    entry = targets[target]
+    if not entry.get("artifact"):
+        reason = entry.get("error") or entry.get("status") or "no artifact"
+        raise InputError(f"{bundle}: target '{target}' has no artifact to bench ({reason})")
+    return entry
+
+
+def artifact_from_manifest(bundle: Path, target: str, manifest: Mapping[str, Any] | None = None) -> Artifact:
+    """The :class:`Artifact` record of ``target`` in ``bundle``, with paths inside the bundle."""
+    manifest = manifest if manifest is not None else read_manifest(bundle)
+    entry = _target_entry(manifest, bundle, target)
+    return artifact_from_entry(
+        bundle,
+        target,
+        str(entry["profile"]["runtime"]),
+        entry["artifact"],
+        recipe=str(entry.get("recipe") or ""),
+        toolchain=entry.get("toolchain") or {},
+    )
+
+
+def bench_inputs(manifest: Mapping[str, Any], artifact: Artifact) -> tuple[TensorSpec, ...]:
+    """Specs of what ``artifact``'s predictor takes, at batch 1.
+
+    Predictors take the source's names and layout. Most artifacts keep them, so their own input specs
+    are used; artifacts that rename or transpose their inputs (``settings["input_map"]``, TFLite) are fed
+    the source's input specs from the manifest.
+    """
+    if REMAPPED_IO_SETTING in artifact.settings:
+        specs = [spec_from_dict(s) for s in manifest.get("source", {}).get("inputs", [])]
+        if not specs:
+            raise InputError(f"target '{artifact.target_id}': the manifest has no source input specs to feed")
+    else:
+        specs = list(artifact.inputs)
+    return tuple(s.with_static_shape(1) for s in specs)
+
+
+def bench_bundle(
+    bundle: Path,
+    target: str | None,
+    runner_uri: str,
+    config: BenchConfig,
+    *,
+    runner_options: Mapping[str, str] | None = None,
+) -> list[BenchResult]:
+    """Measure ``target`` (every target with an artifact when ``None``) of ``bundle`` on ``runner_uri``.
+
+    The bundle is verified first (:class:`edgepack.errors.BundleError` on any changed file); a runner that
+    cannot run an artifact raises instead of skipping it.
+    """
+    bundle = Path(bundle)
+    verify_bundle(bundle)
+    manifest = read_manifest(bundle)
+    runner = runner_for_uri(runner_uri, **dict(runner_options or {}))
+    if target is not None:
+        names = [target]
+    else:
+        names = [name for name, entry in sorted((manifest.get("targets") or {}).items()) if entry.get("artifact")]
+        if not names:
+            raise InputError(f"{bundle}: no target in this bundle has an artifact")
+    artifacts = [artifact_from_manifest(bundle, name, manifest) for name in names]
+    return [runner.run(a, config, inputs=bench_inputs(manifest, a)) for a in artifacts]
