@@ -278,6 +278,43 @@ def keygen(path: Annotated[Path, typer.Argument(help="Where to write the private
     print(f"private key: {private} (keep it secret)\npublic key:  {public}")
 
 
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Path to NAME.edgepack/.")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target id (default: every target with an artifact).")] = None,
+    runner: Annotated[str, typer.Option(help="host, or ssh://user@host[:port]?known_hosts=FILE&identity=KEY")] = "host",
+    iterations: Annotated[int, typer.Option(help="Minimum timed iterations.")] = 100,
+    seconds: Annotated[float, typer.Option(help="Minimum timed seconds.")] = 2.0,
+    threads: Annotated[Optional[int], typer.Option(help="Runtime threads (default: the runtime's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Measure latency percentiles (with 95 % CIs), cold start, memory and energy of a bundle's artifacts."""
+    from edgepack.device_bench.bench import bench_bundle
+    from edgepack.device_bench.config import BenchConfig
+
+    with _user_errors():
+        config = BenchConfig(min_iters=iterations, min_seconds=seconds, threads=threads)
+        results = bench_bundle(bundle, target, runner, config)
+    if as_json:
+        _print_json([r.to_dict() for r in results])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{bundle} on {runner}")
+    for column in ("target", "precision", "p50 ms (95% CI)", "p90", "p99 (95% CI)", "cold start", "peak MB", "energy"):
+        table.add_column(column)
+    for r in results:
+        energy = f"{r.energy_mj_per_inference:.3f} mJ" if r.energy_mj_per_inference is not None else "n/a*"
+        cold = f"{r.cold_start_ms:.1f} ms" if r.cold_start_ms is not None else "n/a"
+        memory = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else "n/a"
+        table.add_row(r.target, r.precision, f"{r.p50:.3f} ({r.ci95_p50[0]:.3f}-{r.ci95_p50[1]:.3f})", f"{r.p90:.3f}",
+                      f"{r.p99:.3f} ({r.ci95_p99[0]:.3f}-{r.ci95_p99[1]:.3f})", cold, memory, energy)
+    console = _console()
+    console.print(table)
+    for reason in sorted({r.energy_reason for r in results if r.energy_reason}):
+        console.print(f"* energy not measurable here: {reason}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -208,3 +208,21 @@ def test_thermal_zones(tmp_path: Path) -> None:
     (zone / "type").write_text("cpu-thermal\n")
     (zone / "temp").write_text("48250\n")
     assert read_thermal_zones(tmp_path) == {"thermal_zone0:cpu-thermal": 48.25}
+
+
+def test_bench_cli_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from edgepack import api
+
+    bundle = api.export("demo:digits", ["host-ort"], out=tmp_path, recipe_chain=["fp32"]).bundle
+    proc = subprocess.run([sys.executable, "-m", "edgepack.cli", "bench", str(bundle), "--seconds", "0.3",
+                           "--iterations", "30", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout)
+    assert result["target"] == "host-ort" and result["p50"] > 0 and len(result["latencies_ms"]) >= 30
+    bad = subprocess.run([sys.executable, "-m", "edgepack.cli", "bench", str(bundle), "--runner", "ssh://root@host;rm"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("edgepack: error:") and "Traceback" not in bad.stderr
