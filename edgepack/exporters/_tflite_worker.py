@@ -11,7 +11,9 @@ Modes:
 
 ``onnx2tf``
     Simplify the static ONNX with onnxslim (input shapes fixed), sanitise node names that TensorFlow
-    rejects as scope names, then run ``onnx2tf.convert`` with ``output_signaturedefs=True``.
+    rejects as scope names, make global ``AveragePool`` nodes ``GlobalAveragePool``, then run
+    ``onnx2tf.convert`` with ``output_signaturedefs=True`` and, when the request asks for quantized
+    files, onnx2tf's own quantizer fed only with the request's calibration arrays.
 ``litert-torch``
     Load a ``torch.export`` program (``.pt2``) and convert it with ``litert_torch.convert(...).export()``.
 
@@ -49,6 +51,22 @@ EXIT_MISSING = 3
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 ONNX2TF_SAMPLE_SHAPE = (20, 128, 128, 3)
 """Shape of onnx2tf's downloadable sample-image array (20 MS-COCO images, NHWC, float32 in 0..1)."""
+ONNX2TF_FILES = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "int8-dynamic": "dynamic_range_quant",
+    "int8": "integer_quant",
+    "int8-full": "full_integer_quant",
+    "int16": "integer_quant_with_int16_act",
+    "int16-full": "full_integer_quant_with_int16_act",
+}
+"""Variant -> suffix of the file onnx2tf writes (``model_<suffix>.tflite``); the same table as
+:data:`edgepack.exporters.tflite_quant.ONNX2TF_FILES`, repeated so that this module imports nothing
+of edgepack's."""
+CALIBRATION_MEAN = 0.0
+CALIBRATION_STD = 1.0
+"""onnx2tf feeds ``(data - mean) / std`` to the TFLite converter's calibration; edgepack's calibration
+data is already what the model takes, so it goes through unchanged."""
 
 _TF_SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 _TF_SCOPE_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.\\/>-]")
@@ -200,8 +218,126 @@ def sanitize_node_names(model: Any) -> int:
     return renamed
 
 
+def _attribute(node: Any, name: str, default: Any) -> Any:
+    import onnx
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
+def _static_shapes(model: Any) -> dict[str, list[int]]:
+    """Tensor name -> shape for every tensor whose dims are all known (after ONNX shape inference)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - without shapes nothing is rewritten
+        return {}
+    shapes: dict[str, list[int]] = {}
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[info.name] = [int(d.dim_value) for d in dims]
+    return shapes
+
+
+def globalize_average_pools(model: Any) -> int:
+    """Replace each ``AveragePool`` whose kernel covers its whole (static) input without padding,
+    dilation or ``auto_pad`` by the equivalent ``GlobalAveragePool``; returns how many were replaced.
+
+    onnx2tf lowers ``AveragePool`` to LiteRT ``AVERAGE_POOL_2D`` and ``GlobalAveragePool`` to ``MEAN``.
+    XNNPACK (ai-edge-litert 2.3) runs ``MEAN`` in int8 but not ``AVERAGE_POOL_2D``, so an int8 model with
+    a final 4x4 average pool was cut into two delegate partitions with a builtin kernel between them
+    (0.35x the speed of fp32 on the demo digits CNN). The float result is identical either way.
+    """
+    shapes = _static_shapes(model)
+    replaced = 0
+    for node in model.graph.node:
+        if node.op_type != "AveragePool" or len(node.output) != 1:
+            continue
+        shape = shapes.get(node.input[0])
+        kernel = list(_attribute(node, "kernel_shape", []))
+        if shape is None or len(shape) < 3 or kernel != shape[2:]:
+            continue
+        if any(_attribute(node, "pads", [])) or any(d != 1 for d in _attribute(node, "dilations", [])):
+            continue
+        auto_pad = _attribute(node, "auto_pad", b"NOTSET")
+        if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) not in ("NOTSET", "VALID"):
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.attribute[:]
+        replaced += 1
+    return replaced
+
+
+def decompose_hard_sigmoids(model: Any) -> int:
+    """Rewrite each ``HardSigmoid(x; alpha, beta)`` as ``Clip(6*alpha*x + 6*beta, 0, 6) * (1/6)``;
+    returns how many were rewritten.
+
+    onnx2tf lowers ``HardSigmoid`` to LiteRT ``RELU_0_TO_1``, which XNNPACK (ai-edge-litert 2.3) runs in
+    neither float nor int8: the 9 squeeze-excite gates of mobilenet_v3_small cut even its fp32 graph into
+    10 delegate partitions. The rewritten form becomes ``MUL``/``ADD`` with a fused ``RELU6`` (the
+    converter folds the constants), one partition: fp32 1.3x faster here. (Its ``HardSwish`` becomes
+    ``HARD_SWISH``, which XNNPACK runs in float but not in int8; decomposing that one too made the int8
+    graph one partition, but the float model lost its fused kernel, so it is left alone.)
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    used = {name for node in graph.node for name in (*node.input, *node.output, node.name)}
+    used |= {init.name for init in graph.initializer}
+
+    def fresh(base: str) -> str:
+        candidate, suffix = base, 1
+        while candidate in used:
+            candidate, suffix = f"{base}_{suffix}", suffix + 1
+        used.add(candidate)
+        return candidate
+
+    def constant(base: str, value: float) -> str:
+        name = fresh(base)
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
+        return name
+
+    nodes: list[Any] = []
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "HardSigmoid" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        alpha = float(_attribute(node, "alpha", 0.2))
+        beta = float(_attribute(node, "beta", 0.5))
+        base = _TF_SCOPE_BAD_CHARS.sub("_", node.name or "hard_sigmoid").lstrip("/") or "hard_sigmoid"
+        scaled = fresh(f"{base}_scaled")
+        shifted = fresh(f"{base}_shifted")
+        clipped = fresh(f"{base}_relu6")
+        nodes += [
+            helper.make_node(
+                "Mul", [node.input[0], constant(f"{base}_6alpha", 6.0 * alpha)], [scaled], name=fresh(f"{base}/mul")
+            ),
+            helper.make_node(
+                "Add", [scaled, constant(f"{base}_6beta", 6.0 * beta)], [shifted], name=fresh(f"{base}/add")
+            ),
+            helper.make_node(
+                "Clip", [shifted, constant(f"{base}_zero", 0.0), constant(f"{base}_six", 6.0)], [clipped],
+                name=fresh(f"{base}/relu6"),
+            ),
+            helper.make_node("Mul", [clipped, constant(f"{base}_sixth", 1.0 / 6.0)], list(node.output),
+                             name=fresh(f"{base}/div6")),
+        ]
+        rewritten += 1
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return rewritten
+
+
 def prepare_onnx(source: Path, target: Path, input_shapes: dict[str, list[int]], notes: list[str]) -> Path:
-    """Write the simplified, name-sanitised copy of ``source`` to ``target``."""
+    """Write the simplified, name-sanitised copy of ``source`` (global average pools made global, hard
+    sigmoids decomposed) to ``target``."""
     import onnx
 
     model = onnx.load(str(source))
@@ -209,6 +345,18 @@ def prepare_onnx(source: Path, target: Path, input_shapes: dict[str, list[int]],
     renamed = sanitize_node_names(model)
     if renamed:
         notes.append(f"renamed {renamed} ONNX node(s) whose names TensorFlow rejects")
+    pools = globalize_average_pools(model)
+    if pools:
+        notes.append(
+            f"{pools} whole-input AveragePool node(s) converted as GlobalAveragePool (LiteRT MEAN, which "
+            "XNNPACK also runs in int8)"
+        )
+    sigmoids = decompose_hard_sigmoids(model)
+    if sigmoids:
+        notes.append(
+            f"{sigmoids} HardSigmoid node(s) converted as Clip(6*alpha*x + 6*beta, 0, 6) / 6 (XNNPACK has no "
+            "RELU_0_TO_1)"
+        )
     onnx.save(model, str(target))
     return target
 
@@ -259,11 +407,36 @@ def _disable_onnx2tf_downloads(sample_path: str | None) -> None:
     common.download_test_image_data = replacement  # type: ignore[attr-defined]
 
 
+def _quantize_options(request: dict[str, Any], calib: list[list[Any]]) -> dict[str, Any]:
+    """onnx2tf keyword arguments for the request's ``quantize`` entry (none for a float-only request).
+
+    Static int8 is only ever calibrated on the request's arrays: without them onnx2tf would calibrate
+    on its (here replaced) sample images with ImageNet normalisation, which would silently be wrong.
+    """
+    quantize = request.get("quantize")
+    if not quantize:
+        return {"non_verbose": True}
+    if quantize.get("integer") and not calib:
+        raise RuntimeError("static int8 needs calibration data; the request has none")
+    io_dtype = quantize.get("io_dtype", "int8")
+    return {
+        # "warn" rather than non_verbose: onnx2tf only *warns* when one of its quantized files fails,
+        # and the parent reports that warning's exception line
+        "verbosity": "warn",
+        "output_dynamic_range_quantized_tflite": bool(quantize.get("dynamic")),
+        "output_integer_quantized_tflite": bool(quantize.get("integer")),
+        "quant_type": quantize.get("quant_type", "per-channel"),
+        "input_quant_dtype": io_dtype,
+        "output_quant_dtype": io_dtype,
+    }
+
+
 def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
     """Prepare the ONNX file, convert it with onnx2tf, and report the produced ``.tflite`` files.
 
     onnx2tf names its outputs after the input file, so the prepared file is ``model.onnx`` and the
-    results are ``model_float32.tflite`` / ``model_float16.tflite``.
+    results are ``model_float32.tflite``, ``model_float16.tflite`` and, when quantizing, the files of
+    :data:`ONNX2TF_FILES`; the result maps each variant written to its path.
     """
     notes: list[str] = []
     out_dir = Path(request["output_dir"])
@@ -271,23 +444,24 @@ def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
     prepared = prepare_onnx(
         Path(request["onnx"]), out_dir.parent / "model.onnx", request.get("input_shapes", {}), notes
     )
+    calib = [[name, path, CALIBRATION_MEAN, CALIBRATION_STD] for name, path in request.get("calib", {}).items()]
+    options = _quantize_options(request, calib)
     import onnx2tf
 
     _disable_onnx2tf_downloads(request.get("sample_images"))
-    calib = [[name, path] for name, path in request.get("calib", {}).items()]
     keep_ncw = request.get("keep_ncw_input_names") or None
     onnx2tf.convert(
         input_onnx_file_path=str(prepared),
         output_folder_path=str(out_dir),
         output_signaturedefs=True,
-        non_verbose=True,
         custom_input_op_name_np_data_path=calib or None,
         keep_ncw_or_nchw_or_ncdhw_input_names=keep_ncw,
         replace_to_pseudo_operators=request.get("pseudo_ops") or None,
+        **options,
     )
     files = {
-        precision: str(out_dir / f"model_{suffix}.tflite")
-        for precision, suffix in (("fp32", "float32"), ("fp16", "float16"))
+        variant: str(out_dir / f"model_{suffix}.tflite")
+        for variant, suffix in ONNX2TF_FILES.items()
         if (out_dir / f"model_{suffix}.tflite").exists()
     }
     if not files:
