@@ -111,15 +111,19 @@ def _one_line(exc: BaseException) -> str:
 class _Fp32Baseline:
     """The same runtime's fp32 artifact, exported once per target, to time compressed artifacts against."""
 
-    def __init__(self, exporter: Exporter, source: ModelSource, profile: TargetProfile, recipes: RecipeBook, workdir: Path) -> None:
-        self._args = (exporter, source, profile, recipes, workdir)
+    def __init__(
+        self, exporter: Exporter, source: ModelSource, profile: TargetProfile, recipes: RecipeBook, workdir: Path,
+        calib: Dataset | None,
+    ) -> None:
+        self._args = (exporter, source, profile, recipes, workdir, calib)
         self._predictor: Predictor | NotRunnable | None = None
 
     def predictor(self) -> Predictor | None:
         if self._predictor is None:
-            exporter, source, profile, recipes, workdir = self._args
+            exporter, source, profile, recipes, workdir, calib = self._args
             try:
-                artifact = exporter.export(source, profile, recipes.get("fp32"), None, workdir / "_fp32_baseline")
+                # calib lets a converter reuse the fp32 file of a run it already made (onnx2tf writes all variants)
+                artifact = exporter.export(source, profile, recipes.get("fp32"), calib, workdir / "_fp32_baseline")
                 self._predictor = exporter.predictor(artifact, source)
             except Exception as exc:  # noqa: BLE001 - no baseline means latency is not measurable, not a failure
                 self._predictor = NotRunnable(f"fp32 baseline could not be built: {_one_line(exc)}")
@@ -132,7 +136,7 @@ class _Fp32Baseline:
 
 def _check(
     attempt: Attempt, recipe: Recipe, predictor: Predictor, evaluation: Evaluation, parity_reference: Predictor,
-    baseline: _Fp32Baseline,
+    baseline: _Fp32Baseline, enforce_latency: bool,
 ) -> None:
     attempt.parity = compare(parity_reference, predictor, evaluation.parity_inputs.batches(), recipe.parity)
     attempt.gate = evaluation.gate.evaluate(evaluation.reference, predictor, evaluation.reference_logits())
@@ -141,7 +145,8 @@ def _check(
     fp32 = baseline.predictor()
     if fp32 is not None:
         attempt.latency = compare_latency(fp32, predictor, evaluation.parity_inputs.batch(0))
-        attempt.gate = with_latency(attempt.gate, attempt.latency.speedup, evaluation.gate.latency_tolerance)
+        attempt.gate = with_latency(attempt.gate, attempt.latency.speedup, evaluation.gate.latency_tolerance,
+                                    enforce=enforce_latency)
 
 
 def run_target(
@@ -164,7 +169,7 @@ def run_target(
         hints = "; ".join(missing.values())
         return TargetResult(profile, "failed", error=f"toolchain for '{profile.runtime}' is missing: {hints}")
     result = TargetResult(profile, "failed")
-    baseline = _Fp32Baseline(exporter, source, profile, recipes, workdir)
+    baseline = _Fp32Baseline(exporter, source, profile, recipes, workdir, calib)
     try:
         context = training or PassContext(calib=calib, input_names=tuple(s.name for s in source.inputs))
         _Chain(result, exporter, source, recipes, calib, evaluation, workdir, baseline, progress, context).walk()
@@ -216,7 +221,8 @@ class _Chain:
             self.progress(profile.id, f"checking {label}")
             reference = self.evaluation.reference if compressed is self.source else reference_predictor(compressed)
             try:
-                _check(attempt, recipe, predictor, self.evaluation, reference, self.baseline)
+                _check(attempt, recipe, predictor, self.evaluation, reference, self.baseline,
+                       profile.latency_gate == "host")
             finally:
                 predictor.close()
             if not attempt.parity.passed:

@@ -80,7 +80,8 @@ def test_mobilenet_v3_small_to_host_runtimes(tmp_path):
     for target in HOST_TARGETS:
         entry = result.manifest["targets"][target]
         # Random-init mobilenet_v3 outputs are near-constant: judge parity by relative error, not top-1.
-        assert entry["parity"]["max_rel_error"] < 1e-3, target
+        bound = 1e-3 if entry["artifact"]["precision"] == "fp32" else 2e-2
+        assert entry["parity"]["passed"] and entry["parity"]["max_rel_error"] < bound, target
         assert entry["gate"]["kind"] == "fidelity"
     tflite_input = result.manifest["targets"]["android-pixel8"]["artifact"]["inputs"][0]
     assert tflite_input["layout"] == "NHWC" and tflite_input["shape"] == [1, 224, 224, 3]

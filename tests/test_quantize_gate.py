@@ -95,6 +95,14 @@ def test_latency_gate_rejects_a_slower_artifact():
     verdict = with_latency(passed, comparison.speedup, tolerance=0.05)
     assert not verdict.passed and "slower than fp32" in verdict.reason
     assert with_latency(passed, 1.3, tolerance=0.05).passed
+    recorded = with_latency(passed, comparison.speedup, tolerance=0.05, enforce=False)
+    assert recorded.passed and recorded.latency_ratio == comparison.speedup
+
+
+def test_host_timings_gate_only_host_targets(registry):
+    gates = {p.id: p.latency_gate for p in registry}
+    assert gates["host-ort"] == gates["x86-openvino"] == "host"
+    assert all(gates[t] == "device" for t in ("android-pixel8", "linux-arm64-cpu", "jetson-orin", "coral-edgetpu"))
 
 
 @pytest.mark.slow

@@ -82,6 +82,9 @@ class TargetProfile(_Strict):
     dynamic_shapes: bool = True
     """Whether the runtime accepts dynamic (symbolic) dims such as a free batch size."""
     input_layout: Literal["NCHW", "NHWC"] = "NCHW"
+    latency_gate: Literal["host", "device"] = "device"
+    """``host``: this machine is the target, so the gate rejects artifacts slower than fp32 here. ``device``: host
+    timings say nothing about the device (x86 vs an Arm phone, a GPU, an NPU); they are recorded, not enforced."""
     recipes: list[str] = Field(min_length=1)
     toolchain: dict[str, str] = Field(default_factory=dict)
     sources: dict[str, Source] = Field(default_factory=dict)
