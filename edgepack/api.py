@@ -208,9 +208,9 @@ def check(
 ) -> PlacementReport | None:
     """Placement precheck of ``source`` on ``target`` without the recipe chain, parity or a bundle.
 
-    ONNX-vocabulary profiles are checked on the ONNX hub graph in the precision of the profile's preferred
-    recipe; TFLite-vocabulary ones (Edge TPU included) on an fp32 TFLite conversion. ``None`` when the profile
-    has no accelerator with an op table (everything runs on its CPU).
+    ONNX-vocabulary profiles are checked on the ONNX hub graph, TFLite-vocabulary ones (Edge TPU included) on an
+    fp32 TFLite conversion; each accelerator in its own preferred precision. ``None`` when the profile has no
+    accelerator with an op table (everything runs on its CPU).
     """
     from edgepack.exporters.registry import get_exporter
     from edgepack.targets.placement import placement_for
@@ -222,14 +222,13 @@ def check(
     try:
         hub = export_onnx(model, scratch / "_onnx", dynamic=profile.dynamic_shapes)
         vocabularies = {acc.op_vocabulary for acc in profile.accelerators.values() if not acc.all_ops}
-        recipes = load_recipes()
-        # Ops are judged in the precision of the profile's preferred recipe (quantization keeps the op set).
-        precision = recipes.get(profile.recipes[0]).precision
+        # Op support only: each accelerator is judged in its own preferred precision (quantization keeps the
+        # op set); the export's placement report judges the precision actually shipped.
         if vocabularies <= {"onnx"}:
-            return placement_for(profile, precision, hub, "onnx", hub)
+            return placement_for(profile, None, hub, "onnx", hub)
         converter = get_exporter(CHECK_CONVERTERS.get(next(iter(vocabularies)), profile.runtime))
-        artifact = converter.export(model, profile, recipes.get("fp32"), None, scratch / "fp32")
-        return placement_for(profile, precision, artifact.path, artifact.format, hub)
+        artifact = converter.export(model, profile, load_recipes().get("fp32"), None, scratch / "fp32")
+        return placement_for(profile, None, artifact.path, artifact.format, hub)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

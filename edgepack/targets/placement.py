@@ -104,9 +104,10 @@ def _violations(op: GraphOp, rule: OpConstraint, precision: str) -> list[str]:
     return [message for failed, message in checks if failed]
 
 
-def _place_one(name: str, accelerator: Accelerator, ops: list[GraphOp], precision: str) -> AcceleratorPlacement:
+def _place_one(name: str, accelerator: Accelerator, ops: list[GraphOp], precision: str | None) -> AcceleratorPlacement:
     placement = AcceleratorPlacement(name, accelerator.kind)
-    wanted = RECIPE_TO_ACCELERATOR_PRECISION.get(precision, precision)
+    # precision None: judge op support only, each accelerator in its own preferred precision
+    wanted = accelerator.precisions[0] if precision is None else RECIPE_TO_ACCELERATOR_PRECISION.get(precision, precision)
     precision_reason = None
     if wanted not in accelerator.precisions:
         precision_reason = f"{name} runs {', '.join(accelerator.precisions)}; the artifact is {precision}"
@@ -128,8 +129,9 @@ def _place_one(name: str, accelerator: Accelerator, ops: list[GraphOp], precisio
     return placement
 
 
-def place(ops: list[GraphOp], profile: TargetProfile, precision: str, checked_on: str) -> PlacementReport:
-    """Check ``ops`` against every accelerator of ``profile`` that has an op table."""
+def place(ops: list[GraphOp], profile: TargetProfile, precision: str | None, checked_on: str) -> PlacementReport:
+    """Check ``ops`` against every accelerator of ``profile`` that has an op table, for an artifact of
+    ``precision`` (``None``: op support only, each accelerator in its preferred precision)."""
     vocabularies = {acc.op_vocabulary for acc in profile.accelerators.values()}
     placements = [
         _place_one(name, acc, ops, precision) for name, acc in profile.accelerators.items() if not acc.all_ops
@@ -194,7 +196,8 @@ _TFLITE_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64",
 
 
 def tflite_graph_ops(path: Path) -> list[GraphOp]:
-    """The operators of a .tflite file's main subgraph with input dtypes, rank, static-ness and op version."""
+    """The operators of a .tflite file's main subgraph with their activation-input dtypes, rank, static-ness and
+    op version."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
@@ -216,6 +219,8 @@ def tflite_graph_ops(path: Path) -> list[GraphOp]:
             if tensor_index < 0:
                 continue
             tensor = graph.Tensors(tensor_index)
+            if tensor.Buffer() > 0 and model.Buffers(tensor.Buffer()).DataLength() > 0:
+                continue  # constant operands (int32 biases, axes) do not decide the op's compute dtype
             dtypes.add(_TFLITE_TYPES.get(tensor.Type(), "other"))
             ranks.append(tensor.ShapeLength())
             signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else None
@@ -237,7 +242,7 @@ GRAPH_READERS = {
 
 
 def placement_for(
-    profile: TargetProfile, precision: str, artifact_path: Path, artifact_format: str, hub: Path | None
+    profile: TargetProfile, precision: str | None, artifact_path: Path, artifact_format: str, hub: Path | None
 ) -> PlacementReport | None:
     """Placement of an exported artifact on ``profile``; ``None`` when the profile has no op tables or the
     graph cannot be read in the profile's vocabulary."""
