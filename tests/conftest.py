@@ -15,6 +15,15 @@ from edgepack.compress.recipe import load_recipes
 from edgepack.targets.registry import load_registry
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small torch models run faster on one intra-op thread than on two contended ones (2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def registry():
     return load_registry()

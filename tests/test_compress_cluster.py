@@ -24,13 +24,7 @@ from edgepack.errors import InputError, ProfileError
 from edgepack.models.demo_digits import digits_splits, load_digits_cnn
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small forwards run faster on one intra-op thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

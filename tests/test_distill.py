@@ -7,7 +7,6 @@ import torch  # noqa: I001  (first: see conftest.py)
 
 import copy
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,13 +25,7 @@ BUDGET = {"epochs": 20, "lr": 1e-2, "batch_size": 64}
 SOFT = {"temperature": 2.0, "alpha": 0.5}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread (and are not slowed by other processes' load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

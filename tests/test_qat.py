@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch  # noqa: I001  (first: see conftest.py)
 
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +23,7 @@ from edgepack.exporters.ort import OrtPredictor
 from edgepack.models.demo_digits import INPUT_NAME, OUTPUT_NAME, digits_splits, load_digits_cnn
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The digits CNN trains fastest on one thread (and is not slowed by other processes' load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
