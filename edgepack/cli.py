@@ -315,6 +315,18 @@ def bench(
         console.print(f"* energy not measurable here: {reason}")
 
 
+def _register_subsystems() -> None:
+    """Commands owned by other subsystems live beside their code; each module adds its own (lazily importing)."""
+    from edgepack.device_bench import farm_cli
+    from edgepack.package import cli as package_cli
+
+    for module in (package_cli, farm_cli):
+        module.register(app)
+
+
+_register_subsystems()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,9 @@
+"""CLI commands of the device farm (``edgepack farm run|regress|report``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(app: Any) -> None:
+    """Add this subsystem's commands to the top-level Typer ``app``."""
