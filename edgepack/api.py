@@ -6,15 +6,19 @@ and do not stop the other targets.
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgepack.bundle.manifest import artifact_dir, build_manifest
+from edgepack.bundle.hashing import canonical_json
+from edgepack.bundle.lock import BundleLock
+from edgepack.bundle.manifest import artifact_dir, build_manifest, target_entry
 from edgepack.bundle.signing import load_signer
 from edgepack.bundle.verify import VerifyResult, verify_bundle
 from edgepack.bundle.writer import BundleWriter
@@ -23,7 +27,8 @@ from edgepack.compress.passes import PassContext, TrainStep
 from edgepack.compress.recipe import RecipeBook, load_recipe_file, load_recipes
 from edgepack.data.dataset import Dataset, load_dataset
 from edgepack.exporters.onnx import export_onnx
-from edgepack.errors import DataError, InputError
+from edgepack.errors import DataError, EdgepackError, InputError, OutputError
+from edgepack.export_cache import ExportCache, default_cache_dir, target_key
 from edgepack.models.input_spec import parse_input_spec
 from edgepack.models.loaders import load_source
 from edgepack.models.reference import reference_predictor
@@ -38,6 +43,7 @@ PARITY_SAMPLES = 32
 CHECK_CONVERTERS = {"tflite": "tflite"}
 """Which exporter produces the graph a vocabulary is checked on (Edge TPU profiles are checked on TFLite)."""
 SYNTHETIC_SAMPLES = 8
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass
@@ -47,10 +53,13 @@ class ExportResult:
     bundle: Path
     manifest: dict
     results: list[TargetResult]
+    """Targets exported in this run (cache hits are in ``cached`` and only in the manifest)."""
+    cached: list[str] = field(default_factory=list)
+    """Target ids replayed from the export cache."""
 
     @property
     def ok(self) -> bool:
-        return all(r.status == "ok" for r in self.results)
+        return self.manifest["status"] == "ok"
 
 
 def _bundle_name(source: ModelSource, name: str | None) -> str:
@@ -130,13 +139,19 @@ def export(
     pass_options: dict[str, Any] | None = None,
     registry: Registry | None = None,
     recipes: RecipeBook | None = None,
+    cache: bool = True,
+    archive: bool = False,
     progress: ProgressFn = lambda target, stage: None,
 ) -> ExportResult:
     """Export ``source`` to every target and write one bundle ``OUT/NAME.edgepack`` atomically.
 
     ``train_data`` / ``train_step`` feed passes that train (QAT, distillation, pruning fine-tune);
     ``pass_options`` is handed to passes as ``PassContext.extra`` (e.g. ``{"student": module}`` for distill).
-    Raises :class:`edgepack.errors.EdgepackError` for bad input before anything is written.
+    Targets whose inputs are unchanged since an earlier export are replayed from the export cache
+    (:mod:`edgepack.export_cache`; ``cache=False`` or runs with training callables always export).
+    ``archive`` writes ``OUT/NAME.edgepack.zip`` instead of the directory.
+    Raises :class:`edgepack.errors.EdgepackError` for bad input before anything is written, and
+    :class:`edgepack.errors.OutputError` when another export holds ``OUT/NAME.edgepack`` or the disk is full.
     """
     if not 0 <= max_drop <= 1:
         raise InputError(f"--max-drop {max_drop}: must be between 0 and 1 (absolute, 0.01 = 1 point)")
@@ -154,48 +169,135 @@ def export(
     model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs)
     calib_data = _load_data(calib, model, "calib", labels=False)
     eval_set = _load_data(eval_data, model, "eval", labels=True)
-    if eval_set is not None and len(eval_set) == 0:
-        raise DataError(f"{eval_set.origin}: evaluation data is empty")
+    if eval_set is not None:
+        _check_eval_set(eval_set, model)
     bundle_name = _bundle_name(model, name)
     evaluation = _evaluation(model, calib_data, eval_set, max_drop, max_slowdown)
     destination = Path(out) / f"{bundle_name}.edgepack"
     training = PassContext(calib=calib_data, train_data=train_data, train_step=train_step,
                            input_names=tuple(s.name for s in model.inputs), extra=dict(pass_options or {}))
-    scratch = Path(tempfile.mkdtemp(prefix="edgepack-"))
-    try:
-        results = [
-            run_target(model, profile, recipes, calib_data, evaluation, scratch / profile.id, progress, training)
-            for profile in profiles
-        ]
-        manifest = build_manifest(
-            bundle_name,
-            model,
-            results,
-            calibration=calib_data.origin if calib_data is not None else None,
-            evaluation=eval_set.origin if eval_set is not None else f"fidelity on {evaluation.parity_inputs.origin} inputs",
-            max_drop=max_drop,
-            max_slowdown=max_slowdown,
-        )
-        progress("bundle", "writing")
-        with BundleWriter(destination) as writer:
-            for result in results:
-                _stage_target(writer, result)
-            bundle = writer.commit(manifest, signer)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return ExportResult(bundle, manifest, results)
+    trains = train_data is not None or train_step is not None or bool(pass_options)
+    cache_dir = default_cache_dir() if cache and not trains else None
+    keyer = _TargetKeyer(model, recipes, {"calib": calib_data, "eval": eval_set, "parity": evaluation.parity_inputs},
+                         {"max_drop": max_drop, "max_slowdown": max_slowdown}) if cache_dir else None
+    export_cache = ExportCache(cache_dir) if cache_dir else None
+
+    with _writable_output(destination), BundleLock(destination):
+        scratch = Path(tempfile.mkdtemp(prefix="edgepack-"))
+        try:
+            entries: dict[str, dict[str, Any]] = {}
+            files: dict[str, Path] = {}
+            results: list[TargetResult] = []
+            cached: list[str] = []
+            for profile in profiles:
+                key = keyer.key(profile) if keyer else None
+                hit = export_cache.get(key) if export_cache and key else None
+                if hit is not None:
+                    progress(profile.id, "cached")
+                    entries[profile.id], cached = hit.entry, [*cached, profile.id]
+                    files.update(hit.files)
+                    continue
+                result = run_target(model, profile, recipes, calib_data, evaluation, scratch / profile.id, progress, training)
+                results.append(result)
+                entry, target_files = _target_payload(result, scratch / "_reports")
+                entries[profile.id] = entry
+                files.update(target_files)
+                if export_cache and key and result.status == "ok":
+                    export_cache.put(key, entry, target_files)
+            manifest = build_manifest(
+                bundle_name,
+                model,
+                entries,
+                calibration=calib_data.origin if calib_data is not None else None,
+                evaluation=eval_set.origin if eval_set is not None else f"fidelity on {evaluation.parity_inputs.origin} inputs",
+                max_drop=max_drop,
+                max_slowdown=max_slowdown,
+            )
+            progress("bundle", "writing")
+            with BundleWriter(destination) as writer:
+                for relative, path in sorted(files.items()):
+                    writer.add_file(path, relative)
+                bundle = writer.commit(manifest, signer, archive=archive)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return ExportResult(bundle, manifest, results, cached)
 
 
-def _stage_target(writer: BundleWriter, result: TargetResult) -> None:
-    target = result.profile.id
-    writer.add_json(f"reports/{target}/attempts.json", [a.to_dict() for a in result.attempts])
-    if result.placement:
-        writer.add_json(f"reports/{target}/placement.json", result.placement)
-    if result.artifact is None:
+class _TargetKeyer:
+    """Cache keys of one export's targets (the source and data are hashed once)."""
+
+    def __init__(self, source: ModelSource, recipes: RecipeBook, data: dict[str, Dataset | None], settings: dict[str, Any]) -> None:
+        self.source, self.recipes, self.settings = source, recipes, {**settings, "parity_samples": PARITY_SAMPLES}
+        self.data = data
+
+    def key(self, profile: TargetProfile) -> str | None:
+        from edgepack.exporters.registry import get_exporter
+
+        try:
+            distributions = get_exporter(profile.runtime).distributions
+        except EdgepackError:
+            return None  # unsupported runtimes are cheap to report again
+        return target_key(self.source, profile, self.recipes, distributions, self.data, self.settings)
+
+
+def _check_eval_set(eval_set: Dataset, source: ModelSource) -> None:
+    """Empty eval data and labels the model cannot produce are input errors, found before any export."""
+    if len(eval_set) == 0:
+        raise DataError(f"{eval_set.origin}: evaluation data is empty")
+    if eval_set.labels is None:
         return
-    root = result.artifact.path.parent
-    for file in result.artifact.files:
-        writer.add_file(file, f"{artifact_dir(target)}/{file.relative_to(root).as_posix()}")
+    classes = source.outputs[0].shape[-1] if source.outputs and source.outputs[0].shape else None
+    low, high = int(eval_set.labels.min()), int(eval_set.labels.max())
+    if low < 0 or (isinstance(classes, int) and high >= classes):
+        bound = f"0..{classes - 1}" if isinstance(classes, int) else "non-negative"
+        raise DataError(
+            f"{eval_set.origin}: labels range {low}..{high} but the model's output '{source.outputs[0].name}' has classes {bound}"
+        )
+
+
+@contextmanager
+def _writable_output(destination: Path) -> Iterator[None]:
+    """Create ``OUT`` if needed (removed again if the export leaves nothing there) and turn a full disk or a
+    read-only location into one :class:`OutputError`."""
+    parent = destination.parent
+    created = False
+    try:
+        if not parent.exists():
+            parent.mkdir(parents=True)
+            created = True
+        yield
+    except OSError as exc:
+        if exc.errno in NO_SPACE_ERRNOS:
+            raise OutputError(f"{destination}: no space left on the device while writing the bundle",
+                              hint="free space or choose another --out; the previous bundle is untouched") from None
+        if isinstance(exc, PermissionError):
+            raise OutputError(f"{exc.filename or parent}: permission denied", hint="choose a writable --out") from None
+        raise
+    finally:
+        if created:
+            try:
+                parent.rmdir()  # only succeeds when the export left nothing behind
+            except OSError:
+                pass
+
+
+def _target_payload(result: TargetResult, reports_root: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The manifest entry of a freshly exported target and its files (bundle-relative path -> file)."""
+    target = result.profile.id
+    files: dict[str, Path] = {}
+    reports: dict[str, Any] = {f"reports/{target}/attempts.json": [a.to_dict() for a in result.attempts]}
+    if result.placement:
+        reports[f"reports/{target}/placement.json"] = result.placement
+    for relative, data in reports.items():
+        path = reports_root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(canonical_json(data))
+        files[relative] = path
+    if result.artifact is not None:
+        root = result.artifact.path.parent
+        for file in result.artifact.files:
+            files[f"{artifact_dir(target)}/{file.relative_to(root).as_posix()}"] = file
+    return target_entry(result), files
 
 
 def check(

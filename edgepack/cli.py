@@ -8,6 +8,7 @@ does not verify); a run where some target failed exits 1.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, Terminated
 
 app = typer.Typer(
     name="edgepack",
@@ -35,8 +36,15 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
+    """One line on stderr and the error's exit code for every expected failure; SIGINT/SIGTERM unwind
+    (removing staged files) and exit 130/143."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     except EdgepackError as exc:
@@ -46,6 +54,11 @@ def _user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         print("edgepack: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
+    except Terminated as exc:
+        print("edgepack: terminated", file=sys.stderr)
+        raise typer.Exit(128 + exc.signum) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_json(data: Any) -> None:
@@ -194,17 +207,22 @@ def export(
     inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME:1x3x224x224:float32 (repeatable).")] = None,
     sign_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (from 'edgepack keygen'): writes manifest.sig.")] = None,
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", help="Recipe name or .toml file (repeatable, in order): replaces every target's recipe chain.")] = None,
+    profile: Annotated[Optional[list[Path]], typer.Option("--profile", help="Extra target profile TOML (repeatable): your own device, may 'extends' a shipped one.")] = None,
+    archive: Annotated[bool, typer.Option(help="Write NAME.edgepack.zip instead of the NAME.edgepack/ folder.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Export every target even when the export cache has it.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Export SOURCE to every --target and write one verified bundle."""
     from edgepack import api
+    from edgepack.targets.registry import load_registry
 
     with _user_errors(), _progress(not as_json and sys.stderr.isatty()) as progress:
+        registry = load_registry(extra=profile or ())
         result = api.export(source, target, calib=calib, eval_data=eval_data, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
                             name=name, weights=weights, inputs=inputs or (), recipe_chain=recipe or (), sign_key=sign_key,
-                            progress=progress)
+                            cache=not no_cache, archive=archive, registry=registry, progress=progress)
     if as_json:
-        _print_json({"bundle": str(result.bundle), "ok": result.ok, "manifest": result.manifest})
+        _print_json({"bundle": str(result.bundle), "ok": result.ok, "cached": result.cached, "manifest": result.manifest})
     else:
         _print_export_table(result)
     raise typer.Exit(0 if result.ok else 1)
@@ -245,6 +263,8 @@ def _print_export_table(result: Any) -> None:
             accuracy = "-"
         if entry["status"] == "ok":
             status = "[green]ok[/green]" + (f" ({entry['recipe']})" if entry["recipe"] else "")
+            if entry_id in result.cached:
+                status += " · cached"
             if entry["runnable_here"] != "yes":
                 status += " · not run here"
         else:

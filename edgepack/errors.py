@@ -54,6 +54,19 @@ class ParityError(EdgepackError):
     """An artifact's outputs differ from the source model's beyond the recipe tolerance."""
 
 
+class OutputError(EdgepackError):
+    """The output location cannot be written: no space left, no permission, or another export holds it."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. Like :class:`KeyboardInterrupt` it is not an ``Exception``, so per-target error
+    handling cannot swallow it: it unwinds every ``finally`` (staging and temp dirs are removed)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")
+
+
 class BundleError(EdgepackError):
     """A bundle cannot be written, or a written bundle does not verify."""
 

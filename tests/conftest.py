@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch  # noqa: F401  (import order matters, see module docstring)
 import torch._dynamo  # noqa: F401
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,18 @@ import pytest
 
 from edgepack.compress.recipe import load_recipes
 from edgepack.targets.registry import load_registry
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _export_cache_off():
+    """Every test exports for real (a cache hit would hide the code under test); the cache tests opt in."""
+    previous = os.environ.get("EDGEPACK_CACHE")
+    os.environ["EDGEPACK_CACHE"] = "off"
+    yield
+    if previous is None:
+        os.environ.pop("EDGEPACK_CACHE", None)
+    else:
+        os.environ["EDGEPACK_CACHE"] = previous
 
 
 @pytest.fixture(scope="module")

@@ -61,14 +61,16 @@ def target_entry(result: TargetResult) -> dict[str, Any]:
 def build_manifest(
     name: str,
     source: ModelSource,
-    results: list[TargetResult],
+    targets: dict[str, dict[str, Any]],
     *,
     calibration: str | None,
     evaluation: str,
     max_drop: float,
     max_slowdown: float,
 ) -> dict[str, Any]:
-    """Everything an app team and a release reviewer need, without the file hashes (added on commit)."""
+    """Everything an app team and a release reviewer need, without the file hashes (added on commit).
+
+    ``targets`` maps each target id to its :func:`target_entry` (fresh or replayed from the export cache)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -76,6 +78,6 @@ def build_manifest(
         "source": source.describe(),
         "labels": source.labels,
         "data": {"calibration": calibration, "evaluation": evaluation, "max_drop": max_drop, "max_slowdown": max_slowdown},
-        "targets": {r.profile.id: target_entry(r) for r in results},
-        "status": "ok" if all(r.status == "ok" for r in results) else "partial",
+        "targets": dict(targets),
+        "status": "ok" if all(entry["status"] == "ok" for entry in targets.values()) else "partial",
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,9 @@ class VerifyResult:
 
 def verify_bundle(bundle: Path, public_key: Path | None = None) -> VerifyResult:
     """Raise :class:`BundleError` naming the first changed, missing or extra file (or a bad signature when
-    ``public_key`` is given); else return a summary."""
+    ``public_key`` is given); else return a summary. A ``.zip`` bundle is unpacked defensively first."""
+    if bundle.is_file() and bundle.suffix == ".zip":
+        return _verify_archive(bundle, public_key)
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: bundle directory not found")
     manifest = read_manifest(bundle)
@@ -48,3 +51,12 @@ def verify_bundle(bundle: Path, public_key: Path | None = None) -> VerifyResult:
 
         verify_signature(bundle, public_key)
     return VerifyResult(bundle, len(actual), sorted(manifest.get("targets", {})), public_key is not None)
+
+
+def _verify_archive(archive: Path, public_key: Path | None) -> VerifyResult:
+    from edgepack.bundle.archive import unpack
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-verify-") as scratch:
+        folder = unpack(archive, Path(scratch))
+        result = verify_bundle(folder, public_key)
+    return VerifyResult(archive, result.files_checked, result.targets, result.signed)

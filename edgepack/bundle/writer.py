@@ -68,8 +68,12 @@ class BundleWriter:
         target.write_bytes(canonical_json(data))
         return target
 
-    def commit(self, manifest: dict[str, Any], signer: Callable[[bytes], bytes] | None = None) -> Path:
-        """Hash every staged file into ``manifest['files']``, write (and sign) the manifest, move into place."""
+    def commit(
+        self, manifest: dict[str, Any], signer: Callable[[bytes], bytes] | None = None, *, archive: bool = False
+    ) -> Path:
+        """Hash every staged file into ``manifest['files']``, write (and sign) the manifest, move into place.
+
+        With ``archive`` the bundle is written as ``NAME.edgepack.zip`` beside the destination instead."""
         assert self.staging is not None, "use BundleWriter as a context manager"
         manifest = dict(manifest)
         manifest["files"] = hash_tree(self.staging, exclude=(MANIFEST_NAME, SIGNATURE_NAME))
@@ -77,6 +81,17 @@ class BundleWriter:
         (self.staging / MANIFEST_NAME).write_bytes(payload)
         if signer is not None:
             (self.staging / SIGNATURE_NAME).write_bytes(signer(payload))
+        if archive:
+            from edgepack.bundle.archive import pack
+
+            folder = self.staging / self.destination.name
+            folder.mkdir()
+            for entry in list(self.staging.iterdir()):
+                if entry != folder:
+                    os.rename(entry, folder / entry.name)
+            zipped = pack(folder, self.destination.with_name(self.destination.name + ".zip"))
+            self._committed = True
+            return zipped
         _fsync_tree(self.staging)
         self._replace(self.staging, self.destination)
         self._committed = True

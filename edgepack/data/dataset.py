@@ -6,6 +6,7 @@ Arrays are stacked along a leading sample axis: ``inputs[name][i]`` is sample ``
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,16 @@ class Dataset:
             raise DataError(f"{self.origin}: inputs have different sample counts {sorted(lengths)}")
         if self.labels is not None and len(self.labels) != len(self):
             raise DataError(f"{self.origin}: {len(self.labels)} labels for {len(self)} samples")
+
+    def sha256(self) -> str:
+        """Content hash of every input array (name, dtype, shape, bytes) and the labels, for cache keys."""
+        digest = hashlib.sha256()
+        arrays = sorted(self.inputs.items()) + ([("labels", self.labels)] if self.labels is not None else [])
+        for name, array in arrays:
+            array = np.ascontiguousarray(array)
+            digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values()))) if self.inputs else 0

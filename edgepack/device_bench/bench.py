@@ -79,10 +79,10 @@ def bench_bundle(
     The bundle is verified first (:class:`edgepack.errors.BundleError` on any changed file); a runner that
     cannot run an artifact raises instead of skipping it.
     """
+    runner = runner_for_uri(runner_uri, **dict(runner_options or {}))  # a bad URI is refused before any I/O
     bundle = Path(bundle)
     verify_bundle(bundle)
     manifest = read_manifest(bundle)
-    runner = runner_for_uri(runner_uri, **dict(runner_options or {}))
     if target is not None:
         names = [target]
     else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 from edgepack.compress.quantize import QuantizationPlan
 from edgepack.compress.recipe import Recipe
@@ -61,6 +63,7 @@ class OpenVinoExporter(OnnxHubExporter):
 
             model, used = quantize(model, quantization)
             settings |= used
+        _stable_friendly_names(model)
         ov.save_model(model, str(xml), compress_to_fp16=recipe.precision == "fp16")
         return (xml, xml.with_suffix(".bin")), settings
 
@@ -69,3 +72,17 @@ class OpenVinoExporter(OnnxHubExporter):
             return OpenVinoPredictor(artifact.path)
         except ImportError:
             return NotRunnable("openvino is not installed: pip install openvino")
+
+
+_COUNTER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*_[0-9]+")
+
+
+def _stable_friendly_names(model: Any) -> None:
+    """Replace OpenVINO's auto-generated layer names (``Constant_31174``, ``Reshape_45429`` after constant
+    folding: a process-wide counter) with ``<Type>_<topological index>``, so the same model always
+    serialises to the same bytes. Path-like names from the source graph (``/features/0/Conv``) are kept;
+    tensor (port) names are never touched."""
+    for index, node in enumerate(model.get_ordered_ops()):
+        name = node.get_friendly_name()
+        if name == node.get_name() or _COUNTER_NAME.fullmatch(name):
+            node.set_friendly_name(f"{node.get_type_name()}_{index}")

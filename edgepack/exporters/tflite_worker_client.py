@@ -144,6 +144,9 @@ def run_worker(mode: str, request: dict[str, Any], rundir: Path, timeout_s: floa
         except subprocess.TimeoutExpired:
             _kill_group(process)
             return WorkerOutcome(False, reason=f"timed out after {timeout_s:g} s", log=log_path)
+        except BaseException:  # SIGINT/SIGTERM in the parent: the worker (own session) must not outlive it
+            _kill_group(process)
+            raise
     output = log_path.read_text(encoding="utf-8", errors="replace")
     result = _read_result(result_path)
     if result.get("ok") and returncode == 0:

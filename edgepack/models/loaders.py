@@ -7,6 +7,8 @@ Torch modules are built with a fixed seed so random-init architectures are repro
 
 from __future__ import annotations
 
+import hashlib
+
 import importlib.util
 import re
 import sys
@@ -229,7 +231,9 @@ def _load_factory(path: Path, factory: str, uri: str, weights: Path | None, give
     if weights is not None:
         _load_weights(model, weights)
     inferred = list(getattr(py_module, "EDGEPACK_INPUTS", []) or [])
-    return _torch_source("factory", uri, f"{path.stem}-{factory}", model, _merge_inputs(inferred, given, uri))
+    source = _torch_source("factory", uri, f"{path.stem}-{factory}", model, _merge_inputs(inferred, given, uri))
+    source.code_sha256 = file_sha256(path)
+    return source
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool"}
@@ -242,8 +246,12 @@ def _load_onnx(path: Path, uri: str, given: Sequence[TensorSpec]) -> ModelSource
         raise SourceError(f"{path}: ONNX file not found")
     try:
         model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf errors
+        raise SourceError(f"{path}: not a valid ONNX model: {_first_line(exc)}", hint="re-export it") from None
+    external = _external_data_files(model, path)
+    try:
         onnx.checker.check_model(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf/checker errors
+    except Exception as exc:  # noqa: BLE001 - checker errors
         raise SourceError(f"{path}: not a valid ONNX model: {_first_line(exc)}", hint="re-export it") from None
     initializers = {init.name for init in model.graph.initializer}
     inferred: list[TensorSpec] = []
@@ -261,7 +269,30 @@ def _load_onnx(path: Path, uri: str, given: Sequence[TensorSpec]) -> ModelSource
         inferred.append(TensorSpec(graph_input.name, tuple(dims), dtype, layout))
     inputs = _check_onnx_overrides(inferred, _merge_inputs(inferred, given, uri), path)
     outputs = _onnx_outputs(path, inputs)
-    return ModelSource("onnx", uri, path.stem, file_sha256(path), inputs, outputs, onnx_path=path)
+    digest = hashlib.sha256("".join(file_sha256(f) for f in [path, *external]).encode()).hexdigest() if external else file_sha256(path)
+    return ModelSource("onnx", uri, path.stem, digest, inputs, outputs, onnx_path=path)
+
+
+def _external_data_files(model: Any, path: Path) -> list[Path]:
+    """The external-data files an ONNX model names, each checked to lie inside the model's folder."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    root = path.parent.resolve()
+    files: list[Path] = []
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != 1:  # TensorProto.EXTERNAL
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(root):
+            raise SourceError(
+                f"{path}: tensor '{tensor.name}' points at external data '{location}' outside the model's folder; refusing to read it"
+            )
+        if not target.is_file():
+            raise SourceError(f"{path}: external data file '{location}' of tensor '{tensor.name}' not found")
+        if target not in files:
+            files.append(target)
+    return files
 
 
 def _check_onnx_overrides(inferred: list[TensorSpec], merged: list[TensorSpec], path: Path) -> list[TensorSpec]:

@@ -98,6 +98,8 @@ class ModelSource:
     onnx_path: Path | None = None
     exported_program: Any | None = None
     labels: list[str] | None = None
+    code_sha256: str | None = None
+    """Hash of user code that defines the model's forward (a factory's .py file), when there is any."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Source-specific facts (e.g. the demo's built-in calibration/eval data)."""
 

@@ -6,7 +6,7 @@ The registry is built once (``load_registry()``) and passed to whoever needs it;
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,9 +55,9 @@ class Registry:
         raise UnknownTargetError(f"unknown target '{shown}'", hint=hint)
 
 
-def _raw_profiles(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+def _raw_profiles(paths: Sequence[Path]) -> dict[str, tuple[Path, dict[str, Any]]]:
     raw: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for path in sorted(directory.glob("*.toml")):
+    for path in paths:
         data = read_toml(path)
         profile_id = data.get("id")
         if not isinstance(profile_id, str):
@@ -81,11 +81,16 @@ def _resolve(profile_id: str, raw: dict[str, tuple[Path, dict[str, Any]]], chain
     return _deep_merge(base, data)
 
 
-def load_registry(directory: Path | None = None) -> Registry:
-    """Load and validate every profile in ``directory`` (default: the shipped profiles)."""
+def load_registry(directory: Path | None = None, extra: Sequence[Path] = ()) -> Registry:
+    """Load and validate every profile in ``directory`` (default: the shipped profiles), plus the profile
+    files ``extra`` (a user's own devices; they may ``extends`` a shipped profile, and replace one by id)."""
     directory = directory or PROFILES_DIR
-    raw = _raw_profiles(directory)
+    raw = _raw_profiles(sorted(directory.glob("*.toml")))
     if not raw:
         raise ProfileError(f"{directory}: no *.toml target profiles found")
+    for path in extra:
+        if not Path(path).is_file():
+            raise ProfileError(f"{path}: profile file not found")
+    raw.update(_raw_profiles([Path(p) for p in extra]))
     profiles = {pid: validate(TargetProfile, _resolve(pid, raw), raw[pid][0]) for pid in raw}
     return Registry(profiles)
