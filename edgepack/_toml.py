@@ -22,6 +22,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ProfileError(f"{path}: file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: invalid TOML: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise ProfileError(f"{path}: invalid TOML: nested too deeply") from None
 
 
 def describe_validation_error(path: Path | str, exc: ValidationError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,21 @@ from edgepack.hashing import file_sha256
 
 
 def canonical_json(data: Any) -> bytes:
-    """Sorted keys, fixed separators, UTF-8, trailing newline: the same manifest gives the same bytes."""
-    return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    """Sorted keys, fixed separators, UTF-8, trailing newline: the same manifest gives the same bytes.
+
+    JSON has no NaN/Infinity: a non-finite measurement (e.g. a relative error against an all-zero
+    reference) is written as ``null``, so every manifest stays readable by strict parsers."""
+    return (json.dumps(_finite(data), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def hash_tree(root: Path, *, exclude: tuple[str, ...] = ()) -> dict[str, str]:
