@@ -339,8 +339,9 @@ def _register_subsystems() -> None:
     """Commands owned by other subsystems live beside their code; each module adds its own (lazily importing)."""
     from edgepack.device_bench import farm_cli
     from edgepack.package import cli as package_cli
+    from edgepack.search import cli as search_cli
 
-    for module in (package_cli, farm_cli):
+    for module in (package_cli, farm_cli, search_cli):
         module.register(app)
 
 

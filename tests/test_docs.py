@@ -22,3 +22,11 @@ def test_readme_target_table_matches_the_registry(registry):
     readme = (ROOT / "README.md").read_text()
     table = readme.split("<!-- targets:begin -->\n", 1)[1].split("<!-- targets:end -->", 1)[0]
     assert table.strip() == markdown_table(registry, set(available_runtimes())).strip()
+
+
+def test_readme_states_the_hostile_input_count():
+    from tests.test_hostile_inputs import CASES
+
+    readme = (ROOT / "README.md").read_text()
+    tried, clean = re.search(r"Hostile inputs: (\d+) tried, (\d+) clean errors", readme).groups()
+    assert int(tried) == int(clean) == len(CASES)
