@@ -217,6 +217,7 @@ def export(
             with BundleWriter(destination) as writer:
                 for relative, path in sorted(files.items()):
                     writer.add_file(path, relative)
+                _add_documents(writer, manifest)
                 bundle = writer.commit(manifest, signer, archive=archive)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -279,6 +280,16 @@ def _writable_output(destination: Path) -> Iterator[None]:
                 parent.rmdir()  # only succeeds when the export left nothing behind
             except OSError:
                 pass
+
+
+def _add_documents(writer: BundleWriter, manifest: dict[str, Any]) -> None:
+    """What app teams read first: MODEL_CARD.md and load-and-run snippets, generated from the manifest."""
+    from edgepack.bundle.model_card import render_model_card
+    from edgepack.package.render import render_snippets
+
+    for relative, text in sorted(render_snippets(manifest).items()):
+        writer.path(f"snippets/{relative}").write_text(text, encoding="utf-8", newline="\n")
+    writer.path("MODEL_CARD.md").write_text(render_model_card(manifest), encoding="utf-8", newline="\n")
 
 
 def _target_payload(result: TargetResult, reports_root: Path) -> tuple[dict[str, Any], dict[str, Path]]:

@@ -307,6 +307,8 @@ def bench(
     seconds: Annotated[float, typer.Option(help="Minimum timed seconds.")] = 2.0,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads (default: the runtime's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    db: Annotated[Optional[str], typer.Option("--db", help="Also store the results in this farm database (sqlite:///PATH or postgresql://...).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="Device name stored with --db (default: the runner URI).")] = None,
 ) -> None:
     """Measure latency percentiles (with 95 % CIs), cold start, memory and energy of a bundle's artifacts."""
     from edgepack.device_bench.bench import bench_bundle
@@ -315,6 +317,10 @@ def bench(
     with _user_errors():
         config = BenchConfig(min_iters=iterations, min_seconds=seconds, threads=threads)
         results = bench_bundle(bundle, target, runner, config)
+        if db is not None:
+            from edgepack.device_bench.store import record_bench_results
+
+            record_bench_results(db, bundle, results, device=device)
     if as_json:
         _print_json([r.to_dict() for r in results])
         return

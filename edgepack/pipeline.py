@@ -246,7 +246,10 @@ class _Chain:
         """Record where the shipped artifact's ops would run on each accelerator (never fails the target)."""
         profile = self.result.profile
         try:
-            hub = export_onnx(source, self.workdir / "_onnx", dynamic=profile.dynamic_shapes)
+            # Judge the graph the device builds: an artifact shipped with static shapes (DLA) is checked static.
+            dynamic = profile.dynamic_shapes and not all(spec.is_static for spec in artifact.inputs)
+            folder = "_onnx" if dynamic == profile.dynamic_shapes else "_onnx_static"
+            hub = export_onnx(source, self.workdir / folder, dynamic=dynamic)
             report = placement_for(profile, artifact.precision, artifact.path, artifact.format, hub)
             self.result.placement = None if report is None else report.to_dict()
         except Exception as exc:  # noqa: BLE001 - a placement problem is reported, the artifact still ships

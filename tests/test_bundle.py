@@ -7,9 +7,10 @@ import json
 import pytest
 
 from edgepack import api
+
 from edgepack.bundle.verify import verify_bundle
 from edgepack.bundle.writer import BundleWriter
-from edgepack.errors import BundleError
+from edgepack.errors import BundleError, OutputError
 
 
 @pytest.fixture()
@@ -35,7 +36,7 @@ def test_failure_while_staging_keeps_the_previous_bundle(bundle, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(BundleWriter, "add_file", failing_add_file)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="no space left"):  # one clean error, not an OSError traceback
         api.export("demo:digits", ["host-ort", "x86-openvino"], out=bundle.parent)
     assert calls["n"] == 1
     assert (bundle / "manifest.json").read_bytes() == before

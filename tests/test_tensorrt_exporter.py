@@ -48,9 +48,14 @@ def test_build_script_and_flags(jetson_bundle):
         script = (jetson_bundle.bundle / "artifacts" / artifact["path"].split("/")[1] / "build_engine.sh").read_text()
         assert script.startswith("#!/bin/sh") and artifact["settings"]["trtexec"] in script
         assert "--int8" in script and "--fp16" in script and "--saveEngine=model.engine" in script
-        assert "--minShapes=image:1x1x8x8" in script and "--maxShapes=image:8x1x8x8" in script
-    assert "--useDLACore=0 --allowGPUFallback" in orin["settings"]["trtexec"]
+    # GPU-only Orin Nano keeps the dynamic batch through an optimization profile...
+    assert "--minShapes=image:1x1x8x8" in nano["settings"]["trtexec"] and "--maxShapes=image:8x1x8x8" in nano["settings"]["trtexec"]
+    assert nano["inputs"][0]["shape"][0] == "batch"
     assert "--useDLACore" not in nano["settings"]["trtexec"], "Orin Nano has no DLA"
+    # ...while a DLA build needs min = opt = max: Orin ships a static graph and no shape flags.
+    assert "--useDLACore=0 --allowGPUFallback" in orin["settings"]["trtexec"]
+    assert "Shapes=" not in orin["settings"]["trtexec"] and orin["inputs"][0]["shape"] == [1, 1, 8, 8]
+    assert orin["settings"]["dynamic_shapes"] is False
     assert orin["settings"]["tensorrt"] == ">=10.3,<11"
 
 

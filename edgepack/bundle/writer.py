@@ -100,20 +100,27 @@ class BundleWriter:
 
     @staticmethod
     def _replace(staging: Path, destination: Path) -> None:
-        if not destination.exists():
-            os.rename(staging, destination)
-            return
-        if not (destination / MANIFEST_NAME).is_file():
+        if destination.exists() and not (destination / MANIFEST_NAME).is_file():
             raise BundleError(f"{destination}: exists and is not an edgepack bundle; refusing to replace it")
-        retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
-        os.rename(destination, retired / "bundle")
-        try:
-            os.rename(staging, destination)
-        except OSError:
-            os.rename(retired / "bundle", destination)
-            raise
-        finally:
-            shutil.rmtree(retired, ignore_errors=True)
+        swap_into_place(staging, destination)
+
+
+def swap_into_place(staging: Path, destination: Path) -> None:
+    """Move the directory ``staging`` to ``destination`` (same filesystem), replacing an existing directory
+    there: the old one is moved aside, the new one renamed in, the old one deleted; on failure the old
+    one is put back. Readers see either the old or the new directory, never a mix."""
+    if not destination.exists():
+        os.rename(staging, destination)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
+    os.rename(destination, retired / "previous")
+    try:
+        os.rename(staging, destination)
+    except OSError:
+        os.rename(retired / "previous", destination)
+        raise
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -162,8 +162,11 @@ class TensorRtExporter(Exporter):
         reason = self.supports(recipe)
         if reason:
             raise UnsupportedError(reason)
-        dynamic = profile.dynamic_shapes
-        hub = export_onnx(source, workdir.parent / "_onnx", dynamic=dynamic)
+        dla = any(acc.kind == "dla" for acc in profile.accelerators.values()) and recipe.precision in ("fp16", "int8")
+        # DLA needs min = opt = max (runtime dims equal build dims): a DLA build ships a static graph.
+        dynamic = profile.dynamic_shapes and not dla
+        hub = export_onnx(source, workdir.parent / ("_onnx" if dynamic == profile.dynamic_shapes else "_onnx_static"),
+                          dynamic=dynamic)
         workdir.mkdir(parents=True, exist_ok=True)
         model = workdir / "model.onnx"
         settings: dict[str, object] = {"dynamic_shapes": dynamic}
@@ -178,7 +181,6 @@ class TensorRtExporter(Exporter):
             shutil.copyfile(hub, model)
         inputs = tuple(source.inputs if dynamic else [s.with_static_shape() for s in source.inputs])
         outputs = tuple(source.outputs if dynamic else [s.with_static_shape() for s in source.outputs])
-        dla = any(acc.kind == "dla" for acc in profile.accelerators.values()) and recipe.precision in ("fp16", "int8")
         command = trtexec_command(profile, recipe, inputs, dla=dla, sparse=_sparse(source))
         pin = profile.toolchain.get("tensorrt", "unpinned")
         script = workdir / "build_engine.sh"

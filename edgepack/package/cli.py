@@ -2,8 +2,78 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+PLATFORM_NAMES = ("android", "ios", "python")
+
+
+def package(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory (NAME.edgepack).")],
+    platform: Annotated[str, typer.Option("--platform", "-p", help="android | ios | python.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (replaced if it is an earlier package).")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Which target's artifact to package "
+                                                  "(default: the first that fits the platform).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Turn BUNDLE into a drop-in app deliverable (Android, iOS or Python) with a generated runner.
+
+    android: assets + Kotlin runner + Gradle lines; ios: Swift package with the .mlpackage;
+    python: a runner module for ONNX Runtime / OpenVINO / LiteRT.
+    """
+    from edgepack.cli import _print_json, _user_errors
+    from edgepack.package.build import package_bundle
+
+    with _user_errors():
+        result = package_bundle(bundle, platform, out, target=target)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    print(f"{result.platform} package for {', '.join(result.targets)} -> {result.out} "
+          f"({len(result.files)} files, bundle {result.bundle_sha256[:12]})")
+
+
+def diff(
+    old: Annotated[Path, typer.Argument(help="The earlier bundle (directory or its manifest.json).")],
+    new: Annotated[Path, typer.Argument(help="The later bundle.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    allow_breaking: Annotated[bool, typer.Option("--allow-breaking", help="Exit 0 even when the I/O signature changed.")] = False,
+) -> None:
+    """Show what changed from OLD to NEW per target; exit 1 on a breaking I/O change.
+
+    Size, accuracy, parity, latency, placement, recipe and toolchain versions are reported; I/O signature
+    changes (names, shapes, dtypes, quantization, preprocessing, labels) are breaking unless --allow-breaking.
+    """
+    from edgepack.bundle.diff import diff_bundles
+    from edgepack.cli import _print_json, _user_errors
+
+    with _user_errors():
+        result = diff_bundles(old, new)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        _print_diff(result)
+    if result.breaking and not allow_breaking:
+        raise typer.Exit(1)
+
+
+def _print_diff(result: Any) -> None:
+    if not result.changes:
+        print(f"no differences between {result.old} and {result.new}")
+        return
+    print(f"{result.old} -> {result.new}: {len(result.changes)} change(s), {len(result.breaking)} breaking")
+    current: object = object()
+    for change in result.changes:
+        if change.target != current:
+            current = change.target
+            print(f"\n{change.target or '(bundle)'}")
+        flag = "BREAKING " if change.breaking else ""
+        print(f"  {flag}{change.aspect:<10} {change.describe()}")
 
 
 def register(app: Any) -> None:
     """Add this subsystem's commands to the top-level Typer ``app``."""
+    app.command("package")(package)
+    app.command("diff")(diff)

@@ -24,10 +24,14 @@ def canonical_dtype(dtype: str) -> str:
     return _DTYPE_ALIASES.get(dtype, dtype)
 
 
-def _execution_dtypes(op: GraphOp, precision: str) -> set[str]:
-    """Float tensors execute in the artifact's precision (TensorRT --fp16, QDQ int8), the rest as stored."""
+def _execution_dtypes(op: GraphOp, precision: str, table_dtypes: str = "execution") -> set[str]:
+    """Float tensors execute in the artifact's precision (TensorRT --fp16, QDQ int8), the rest as stored.
+
+    Tables written in graph tensor types (``op_dtypes = "graph"``) see int8 as Q/DQ around float ops, so an
+    int8 artifact's float tensors are judged as stored there."""
     dtypes = {canonical_dtype(d) for d in op.dtypes}
-    if precision in _FLOATS or precision in ("int8", "uint8"):
+    quantized = precision in ("int8", "uint8")
+    if precision in _FLOATS or (quantized and table_dtypes == "execution"):
         dtypes = {precision if d in _FLOATS else d for d in dtypes}
     return dtypes
 
@@ -82,8 +86,8 @@ class PlacementReport:
         return data
 
 
-def _violations(op: GraphOp, rule: OpConstraint, precision: str) -> list[str]:
-    dtypes = _execution_dtypes(op, precision)
+def _violations(op: GraphOp, rule: OpConstraint, precision: str, table_dtypes: str = "execution") -> list[str]:
+    dtypes = _execution_dtypes(op, precision, table_dtypes)
     allowed = {canonical_dtype(d) for d in rule.dtypes or ()}
     checks = [
         (rule.dtypes is not None and bool(dtypes) and not dtypes <= allowed,
@@ -118,7 +122,7 @@ def _place_one(name: str, accelerator: Accelerator, ops: list[GraphOp], precisio
         elif rule is None:
             reason = f"{op.op_type} is not in the {name} op table"
         else:
-            problems = _violations(op, rule, wanted)
+            problems = _violations(op, rule, wanted, accelerator.op_dtypes)
             reason = "; ".join(problems) if problems else ""
         if reason:
             placement.fallback.append({"op": op.name, "type": op.op_type, "reason": reason})

@@ -49,6 +49,10 @@ class Accelerator(_Strict):
     all_ops: bool = False
     """True for a unit that runs every op of its runtime (the CPU fallback)."""
     ops: dict[str, OpConstraint] = Field(default_factory=dict)
+    op_dtypes: Literal["execution", "graph"] = "execution"
+    """What the op table's ``dtypes`` mean: the precision an op executes in (``execution``: float tensors of
+    an int8 artifact are judged as int8), or the graph's tensor types as the vendor's parser reads them
+    (``graph``: int8 arrives as explicit Q/DQ around float-typed ops, as in ONNX-TensorRT's matrix)."""
     source: str | None = None
     """Key into :attr:`TargetProfile.sources` naming where the op table was taken from."""
 

@@ -1,0 +1,185 @@
+"""``edgepack diff``: what changed between two bundles, per target, for release reviews and CI.
+
+A change to what an app calls — I/O names, order, shapes, dtypes, layout, quantization parameters,
+preprocessing, labels, or a target that disappeared — is *breaking*; everything else (size, accuracy,
+parity, latency, placement, recipe, toolchain versions) is informational.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgepack.errors import BundleError
+
+IO_FIELDS = ("shape", "dtype", "layout", "quant", "preprocess")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference. ``target`` is ``None`` for bundle-level facts (source, labels)."""
+
+    target: str | None
+    aspect: str
+    """size, accuracy, parity, latency, placement, recipe, precision, status, artifact, toolchain, io,
+    labels, source, target."""
+    item: str
+    old: Any
+    new: Any
+    breaking: bool = False
+
+    def describe(self) -> str:
+        text = f"{self.item}: {_show(self.old)} → {_show(self.new)}"
+        ratio = _relative(self.old, self.new)
+        return f"{text} ({ratio})" if ratio else text
+
+
+@dataclass
+class BundleDiff:
+    old: str
+    new: str
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def breaking(self) -> list[Change]:
+        return [c for c in self.changes if c.breaking]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"old": self.old, "new": self.new, "breaking": bool(self.breaking),
+                "changes": [asdict(c) for c in self.changes]}
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _relative(old: Any, new: Any) -> str:
+    numbers = (int, float)
+    if isinstance(old, numbers) and isinstance(new, numbers) and not isinstance(old, bool) and old:
+        return f"{(new - old) / abs(old) * 100:+.1f} %"
+    return ""
+
+
+def load(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """A bundle directory or its manifest.json -> (label, manifest)."""
+    from edgepack.bundle.writer import MANIFEST_NAME, read_manifest
+
+    path = Path(path)
+    if path.is_file() and path.name == MANIFEST_NAME:
+        path = path.parent
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle directory or {MANIFEST_NAME}")
+    return str(path), read_manifest(path)
+
+
+def diff_bundles(old: str | Path, new: str | Path) -> BundleDiff:
+    """Compare two bundles (directories or manifest.json files)."""
+    old_label, old_manifest = load(old)
+    new_label, new_manifest = load(new)
+    return diff_manifests(old_manifest, new_manifest, old_label=old_label, new_label=new_label)
+
+
+def diff_manifests(old: Mapping[str, Any], new: Mapping[str, Any], *, old_label: str = "old",
+                   new_label: str = "new") -> BundleDiff:
+    """Every difference between two manifests, bundle-level first, then per target (sorted)."""
+    result = BundleDiff(old_label, new_label)
+    add = result.changes.append
+    old_source, new_source = old.get("source") or {}, new.get("source") or {}
+    for key in ("uri", "sha256"):
+        if old_source.get(key) != new_source.get(key):
+            add(Change(None, "source", key, old_source.get(key), new_source.get(key)))
+    result.changes.extend(_io(None, "source", old_source, new_source))
+    if old.get("labels") != new.get("labels"):
+        add(Change(None, "labels", "labels", old.get("labels"), new.get("labels"), breaking=True))
+    old_targets, new_targets = old.get("targets") or {}, new.get("targets") or {}
+    for target in sorted(set(old_targets) | set(new_targets)):
+        if target not in new_targets:
+            add(Change(target, "target", "target", "present", "removed", breaking=True))
+        elif target not in old_targets:
+            add(Change(target, "target", "target", "absent", "added"))
+        else:
+            result.changes.extend(_target(target, old_targets[target], new_targets[target]))
+    return result
+
+
+def _get(data: Mapping[str, Any] | None, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, Mapping):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _compare(target: str, aspect: str, pairs: list[tuple[str, Any, Any]]) -> list[Change]:
+    return [Change(target, aspect, item, a, b) for item, a, b in pairs if a != b]
+
+
+def _latency(entry: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for attempt in entry.get("attempts") or []:
+        if attempt.get("recipe") == entry.get("recipe") and attempt.get("status") == "passed":
+            return attempt.get("latency_vs_fp32")
+    return None
+
+
+def _placement(entry: Mapping[str, Any]) -> dict[str, Any]:
+    placement = entry.get("placement") or {}
+    total = placement.get("total_ops")
+    out: dict[str, Any] = {"total ops": total}
+    for acc in placement.get("accelerators", ()):
+        out[f"{acc.get('accelerator')} ops"] = f"{acc.get('supported')}/{total}"
+    return out
+
+
+def _target(target: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    changes: list[Change] = []
+    changes += _compare(target, "status", [("status", old.get("status"), new.get("status"))])
+    changes += _compare(target, "recipe", [("recipe", old.get("recipe"), new.get("recipe")),
+                                           ("recipe chain", old.get("recipe_chain"), new.get("recipe_chain"))])
+    oa, na = old.get("artifact") or {}, new.get("artifact") or {}
+    changes += _compare(target, "precision", [("precision", oa.get("precision"), na.get("precision"))])
+    changes += _compare(target, "artifact", [("format", oa.get("format"), na.get("format")),
+                                             ("converter", oa.get("converter"), na.get("converter")),
+                                             ("sha256", oa.get("sha256"), na.get("sha256"))])
+    changes += _compare(target, "size", [("bytes", oa.get("bytes"), na.get("bytes"))])
+    changes += _compare(target, "accuracy", [(f"{_get(new, 'gate', 'metric') or 'metric'}",
+                                              _get(old, "gate", "value"), _get(new, "gate", "value")),
+                                             ("drop vs fp32", _get(old, "gate", "drop"), _get(new, "gate", "drop")),
+                                             ("gate passed", _get(old, "gate", "passed"), _get(new, "gate", "passed"))])
+    changes += _compare(target, "parity", [(k, _get(old, "parity", k), _get(new, "parity", k))
+                                           for k in ("min_cosine", "max_rel_error", "top1_agreement", "passed")])
+    ol, nl = _latency(old) or {}, _latency(new) or {}
+    changes += _compare(target, "latency", [("host ms", ol.get("candidate_ms"), nl.get("candidate_ms")),
+                                            ("speedup vs fp32", ol.get("speedup"), nl.get("speedup"))])
+    op, np_ = _placement(old), _placement(new)
+    changes += _compare(target, "placement", [(k, op.get(k), np_.get(k)) for k in sorted(set(op) | set(np_))])
+    ot, nt = old.get("toolchain") or {}, new.get("toolchain") or {}
+    changes += _compare(target, "toolchain", [(k, ot.get(k), nt.get(k)) for k in sorted(set(ot) | set(nt))])
+    if oa and na:
+        changes += _io(target, "artifact", oa, na)
+        if _get(oa, "settings", "signature") != _get(na, "settings", "signature"):
+            changes.append(Change(target, "io", "signature key", _get(oa, "settings", "signature"),
+                                  _get(na, "settings", "signature"), breaking=True))
+    elif oa and not na:
+        changes.append(Change(target, "artifact", "artifact", oa.get("path"), None, breaking=True))
+    return changes
+
+
+def _io(target: str | None, where: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    """Breaking changes of the inputs/outputs of ``old`` vs ``new`` (source or artifact I/O)."""
+    changes: list[Change] = []
+    for kind in ("inputs", "outputs"):
+        old_specs = {s.get("name"): s for s in old.get(kind) or []}
+        new_specs = {s.get("name"): s for s in new.get(kind) or []}
+        if list(old_specs) != list(new_specs):
+            changes.append(Change(target, "io", f"{where} {kind}", list(old_specs), list(new_specs), breaking=True))
+        for name in [n for n in old_specs if n in new_specs]:
+            for key in IO_FIELDS:
+                a, b = old_specs[name].get(key), new_specs[name].get(key)
+                if a != b:
+                    changes.append(Change(target, "io", f"{where} {kind[:-1]} '{name}' {key}", a, b, breaking=True))
+    return changes

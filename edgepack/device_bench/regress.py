@@ -1,0 +1,261 @@
+"""Regression detection: tonight's results against a baseline window, per (device, model, target, recipe).
+
+Baseline: the last ``window`` results of the same key in earlier runs (needs ``min_history`` of them);
+its p50/p99 are the medians of the per-run p50s/p99s. A latency regression needs both
+
+- statistical evidence: one-sided Mann-Whitney U test of tonight's raw latencies against the pooled
+  baseline latencies, ``p < alpha``; and
+- a practical size: the lower bound of tonight's p50 95 % CI above the baseline p50 by more than
+  ``p50`` (default 5 %), or that of tonight's p99 above the baseline p99 by more than ``p99``
+  (default 10 %). Using the CI bound keeps night-to-night noise (and p99, which rests on a handful
+  of samples) from alarming.
+
+An accuracy regression is a drop of the gate metric below the baseline median by more than the
+gate's ``max_drop`` (or ``accuracy_drop`` when set). Output: :class:`RegressionReport` as JSON and
+JUnit XML; the CLI exits 1 when there is a regression.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+from xml.etree import ElementTree as ET
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgepack.errors import InputError
+
+if TYPE_CHECKING:
+    from edgepack.device_bench.store import Store
+
+Status = Literal["regression", "ok", "insufficient-history", "missing"]
+
+
+class Thresholds(BaseModel):
+    """When a change is a regression (the ``[thresholds]`` table of farm.toml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    p50: float = Field(0.05, ge=0)
+    """Relative p50 increase that matters (0.05 = 5 %)."""
+    p99: float = Field(0.10, ge=0)
+    alpha: float = Field(0.01, gt=0, lt=1)
+    """Significance level of the one-sided Mann-Whitney U test."""
+    window: int = Field(7, ge=1)
+    """Baseline: the last K results of the same key."""
+    min_history: int = Field(3, ge=1)
+    """Fewer baseline results than this: no verdict (``insufficient-history``)."""
+    accuracy_drop: float | None = Field(None, ge=0)
+    """Largest tolerated accuracy drop; ``None``: the gate's ``max_drop`` recorded with the result."""
+    max_samples: int = Field(5000, ge=10)
+    """Latencies per side fed to the U test (evenly thinned beyond this)."""
+
+
+class Measured(Protocol):
+    """What the comparison reads from a stored result (:class:`edgepack.device_bench.store.ResultRow`)."""
+
+    run_id: int
+    key: tuple[str, str, str, str]
+    p50: float
+    p99: float
+    p50_ci: tuple[float, float]
+    p99_ci: tuple[float, float]
+    latencies_ms: tuple[float, ...]
+    accuracy: float | None
+    accuracy_max_drop: float | None
+    bundle_sha256: str | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The verdict on one key."""
+
+    device: str
+    model: str
+    target: str
+    recipe: str
+    status: Status
+    reasons: tuple[str, ...] = ()
+    run_id: int | None = None
+    baseline_runs: tuple[int, ...] = ()
+    p50: float | None = None
+    p50_ci_low: float | None = None
+    baseline_p50: float | None = None
+    p50_change: float | None = None
+    p99: float | None = None
+    p99_ci_low: float | None = None
+    baseline_p99: float | None = None
+    p99_change: float | None = None
+    p_value: float | None = None
+    accuracy: float | None = None
+    baseline_accuracy: float | None = None
+    bundle_sha256: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.device, self.model, self.target, self.recipe)
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.key)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reasons"] = list(self.reasons)
+        data["baseline_runs"] = list(self.baseline_runs)
+        return data
+
+
+@dataclass(frozen=True)
+class RegressionReport:
+    farm: str
+    run_id: int
+    thresholds: Thresholds
+    findings: tuple[Finding, ...] = field(default_factory=tuple)
+
+    @property
+    def regressions(self) -> list[Finding]:
+        return [f for f in self.findings if f.status == "regression"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressions else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        counts: dict[str, int] = defaultdict(int)
+        for finding in self.findings:
+            counts[finding.status] += 1
+        return {
+            "farm": self.farm,
+            "run_id": self.run_id,
+            "thresholds": self.thresholds.model_dump(),
+            "summary": dict(sorted(counts.items())),
+            "regressions": len(self.regressions),
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+    def to_junit(self) -> str:
+        """JUnit XML: one test case per key; regressions are failures, no verdict is a skip."""
+        suite = ET.Element("testsuite", name=f"edgepack-farm.{self.farm}", tests=str(len(self.findings)),
+                           failures=str(len(self.regressions)),
+                           skipped=str(sum(f.status in ("insufficient-history", "missing") for f in self.findings)))
+        for finding in self.findings:
+            case = ET.SubElement(suite, "testcase", classname=f"{self.farm}.{finding.device}",
+                                 name=f"{finding.model}/{finding.target}/{finding.recipe}")
+            message = "; ".join(finding.reasons)
+            if finding.status == "regression":
+                ET.SubElement(case, "failure", message=message, type="regression").text = json.dumps(finding.to_dict(), indent=1)
+            elif finding.status in ("insufficient-history", "missing"):
+                ET.SubElement(case, "skipped", message=f"{finding.status}: {message}")
+            else:
+                ET.SubElement(case, "system-out").text = message
+        ET.indent(suite)
+        return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+    def write(self, json_path: Path | None = None, junit_path: Path | None = None) -> None:
+        from edgepack.device_bench.report import write_text_atomic
+
+        if json_path is not None:
+            write_text_atomic(Path(json_path), json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        if junit_path is not None:
+            write_text_atomic(Path(junit_path), self.to_junit())
+
+
+def _thin(values: Sequence[float], limit: int) -> list[float]:
+    if len(values) <= limit:
+        return list(values)
+    step = len(values) / limit
+    return [values[int(i * step)] for i in range(limit)]
+
+
+def compare(tonight: Measured, history: Sequence[Measured], thresholds: Thresholds) -> Finding:
+    """Verdict on ``tonight`` against ``history`` (earlier results of the same key, oldest first)."""
+    from scipy.stats import mannwhitneyu
+
+    device, model, target, recipe = tonight.key
+    base = list(history)[-thresholds.window :]
+    common = dict(device=device, model=model, target=target, recipe=recipe, run_id=tonight.run_id,
+                  baseline_runs=tuple(b.run_id for b in base), p50=tonight.p50, p50_ci_low=tonight.p50_ci[0], p99=tonight.p99,
+                  p99_ci_low=tonight.p99_ci[0], accuracy=tonight.accuracy, bundle_sha256=tonight.bundle_sha256)
+    if len(base) < thresholds.min_history:
+        return Finding(status="insufficient-history", **common,
+                       reasons=(f"{len(base)} baseline result(s), need {thresholds.min_history}",))
+    base_p50 = statistics.median(b.p50 for b in base)
+    base_p99 = statistics.median(b.p99 for b in base)
+    per_run = max(1, thresholds.max_samples // len(base))
+    pooled = [v for b in base for v in _thin(b.latencies_ms, per_run)]
+    p_value = float(mannwhitneyu(_thin(tonight.latencies_ms, thresholds.max_samples), pooled, alternative="greater").pvalue)
+    p50_change = tonight.p50 / base_p50 - 1 if base_p50 > 0 else 0.0
+    p99_change = tonight.p99 / base_p99 - 1 if base_p99 > 0 else 0.0
+    p50_low_change = tonight.p50_ci[0] / base_p50 - 1 if base_p50 > 0 else 0.0
+    p99_low_change = tonight.p99_ci[0] / base_p99 - 1 if base_p99 > 0 else 0.0
+    significant = p_value < thresholds.alpha
+    reasons: list[str] = []
+    if significant and p50_low_change > thresholds.p50:
+        reasons.append(f"p50 {tonight.p50:.4g} ms (95 % CI low {tonight.p50_ci[0]:.4g}) is {p50_change:+.1%} vs "
+                       f"baseline {base_p50:.4g} ms "
+                       f"(limit {thresholds.p50:.0%}, U-test p={p_value:.2g})")
+    if significant and p99_low_change > thresholds.p99:
+        reasons.append(f"p99 {tonight.p99:.4g} ms (95 % CI low {tonight.p99_ci[0]:.4g}) is {p99_change:+.1%} vs "
+                       f"baseline {base_p99:.4g} ms (limit {thresholds.p99:.0%}, U-test p={p_value:.2g})")
+    accuracies = [b.accuracy for b in base if b.accuracy is not None]
+    base_accuracy = statistics.median(accuracies) if accuracies else None
+    if tonight.accuracy is not None and base_accuracy is not None:
+        limit = thresholds.accuracy_drop if thresholds.accuracy_drop is not None else (tonight.accuracy_max_drop or 0.0)
+        drop = base_accuracy - tonight.accuracy
+        if drop > limit + 1e-12:
+            reasons.append(f"accuracy {tonight.accuracy:.4g} dropped {drop:.4g} below baseline {base_accuracy:.4g} (limit {limit:.4g})")
+    status: Status = "regression" if reasons else "ok"
+    if not reasons:
+        reasons.append(f"p50 {p50_change:+.1%}, p99 {p99_change:+.1%}, U-test p={p_value:.2g}")
+    return Finding(status=status, reasons=tuple(reasons), baseline_p50=base_p50, p50_change=p50_change,
+                   baseline_p99=base_p99, p99_change=p99_change, p_value=p_value, baseline_accuracy=base_accuracy,
+                   **common)
+
+
+def thresholds_for(config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Thresholds:
+    """The run's ``[thresholds]`` with ``overrides`` (values that are ``None`` are ignored)."""
+    base = dict(config.get("thresholds") or {})
+    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Thresholds.model_validate(base)
+    except ValueError as exc:
+        raise InputError(f"thresholds: {exc}".splitlines()[0]) from None
+
+
+def detect(
+    store: "Store", *, farm: str | None = None, run_id: int | None = None, overrides: Mapping[str, Any] | None = None
+) -> RegressionReport:
+    """Compare run ``run_id`` (default: the latest run of ``farm``, or the latest run) with its history."""
+    runs = store.runs(farm)
+    if not runs:
+        raise InputError(f"no runs{f' of farm {farm!r}' if farm else ''} in {store.url}")
+    if run_id is None:
+        tonight_run = runs[-1]
+    else:
+        tonight_run = next((r for r in runs if r.id == run_id), None)
+        if tonight_run is None:
+            raise InputError(f"run {run_id}: not in {store.url}" + (f" (farm {farm!r})" if farm else ""))
+    thresholds = thresholds_for(tonight_run.config, overrides)
+    order = {r.id: i for i, r in enumerate(store.runs(tonight_run.farm))}
+    history: dict[tuple[str, str, str, str], list[Any]] = defaultdict(list)
+    tonight: dict[tuple[str, str, str, str], Any] = {}
+    for row in store.results(farm=tonight_run.farm):
+        if row.run_id == tonight_run.id:
+            tonight[row.key] = row
+        elif order[row.run_id] < order[tonight_run.id]:
+            history[row.key].append(row)
+    findings = [compare(tonight[key], history.get(key, []), thresholds) for key in sorted(tonight)]
+    jobs = {job.spec.key: job for job in store.jobs(tonight_run.id)}
+    for key in sorted(set(history) - set(tonight)):
+        job = jobs.get(key)
+        if job is None:
+            continue  # not planned tonight: retired from the farm, not missing
+        why = f"job {job.status}" + (f": {job.error}" if job.error else "")
+        findings.append(Finding(*key, status="missing", reasons=(why,), run_id=tonight_run.id))
+    return RegressionReport(tonight_run.farm, tonight_run.id, thresholds, tuple(findings))
