@@ -302,7 +302,8 @@ def keygen(path: Annotated[Path, typer.Argument(help="Where to write the private
 def bench(
     bundle: Annotated[Path, typer.Argument(help="Path to NAME.edgepack/.")],
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target id (default: every target with an artifact).")] = None,
-    runner: Annotated[str, typer.Option(help="host, or ssh://user@host[:port]?known_hosts=FILE&identity=KEY")] = "host",
+    runner: Annotated[str, typer.Option(help="host, ssh://user@host[:port]?known_hosts=FILE&identity=KEY, adb://SERIAL or ios://UDID")] = "host",
+    accelerator: Annotated[Optional[str], typer.Option(help="Accelerator id of the target profile (adb: cpu, gpu, nnapi, htp; ios: all, ane, gpu, cpu).")] = None,
     iterations: Annotated[int, typer.Option(help="Minimum timed iterations.")] = 100,
     seconds: Annotated[float, typer.Option(help="Minimum timed seconds.")] = 2.0,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads (default: the runtime's).")] = None,
@@ -315,7 +316,7 @@ def bench(
     from edgepack.device_bench.config import BenchConfig
 
     with _user_errors():
-        config = BenchConfig(min_iters=iterations, min_seconds=seconds, threads=threads)
+        config = BenchConfig(min_iters=iterations, min_seconds=seconds, threads=threads, accelerator=accelerator)
         results = bench_bundle(bundle, target, runner, config)
         if db is not None:
             from edgepack.device_bench.store import record_bench_results
@@ -333,12 +334,16 @@ def bench(
         energy = f"{r.energy_mj_per_inference:.3f} mJ" if r.energy_mj_per_inference is not None else "n/a*"
         cold = f"{r.cold_start_ms:.1f} ms" if r.cold_start_ms is not None else "n/a"
         memory = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else "n/a"
-        table.add_row(r.target, r.precision, f"{r.p50:.3f} ({r.ci95_p50[0]:.3f}-{r.ci95_p50[1]:.3f})", f"{r.p90:.3f}",
-                      f"{r.p99:.3f} ({r.ci95_p99[0]:.3f}-{r.ci95_p99[1]:.3f})", cold, memory, energy)
+        p50 = f"{r.p50:.3f}" + (f" ({r.ci95_p50[0]:.3f}-{r.ci95_p50[1]:.3f})" if r.ci95_p50 is not None else "")
+        p90 = f"{r.p90:.3f}" if r.p90 is not None else "n/a"
+        p99 = f"{r.p99:.3f} ({r.ci95_p99[0]:.3f}-{r.ci95_p99[1]:.3f})" if r.p99 is not None and r.ci95_p99 else "n/a"
+        table.add_row(r.target, r.precision, p50, p90, p99, cold, memory, energy)
     console = _console()
     console.print(table)
     for reason in sorted({r.energy_reason for r in results if r.energy_reason}):
         console.print(f"* energy not measurable here: {reason}")
+    for reason in sorted({r.percentiles_reason for r in results if r.percentiles_reason}):
+        console.print(f"* n/a: {reason}")
 
 
 def _register_subsystems() -> None:

@@ -147,3 +147,33 @@ def test_missing_result_is_reported(tmp_path: Path) -> None:
     missing = next(f for f in report.findings if f.status == "missing")
     assert "device offline" in missing.reasons[0]
     assert report.exit_code == 0 and 'skipped message="missing: job skipped' in report.to_junit()
+
+
+def _summary_only(latencies: np.ndarray) -> "BenchResult":
+    """What the adb runner stores: benchmark_model's summary statistics, no samples, no p90/p99/CIs."""
+    import dataclasses
+
+    full = synthetic_result(latencies, device="pixel8-01", runner="adb://SERIAL")
+    return dataclasses.replace(full, latencies_ms=(), p90=None, p99=None, ci95_p50=None, ci95_p99=None, outliers=None,
+                               percentiles_reason="benchmark_model publishes summary statistics only")
+
+
+@pytest.mark.parametrize(("scale", "expect"), [(1.0, "ok"), (1.10, "regression")])
+def test_summary_only_results_store_and_compare_on_the_threshold(tmp_path, scale, expect) -> None:
+    rng = np.random.default_rng(7)
+    with Store.open(f"sqlite:///{tmp_path / 'farm.sqlite'}") as store:
+        key = KEYS[0]
+        for night in range(6):
+            scale_tonight = scale if night == 5 else 1.0
+            spec = JobSpec(*key[:2], "demo:digits", *key[2:], 0)
+            run_id = store.start_run("adb", {}, "local", [(key[0], key[2], "adb://SERIAL")], [spec])
+            job = store.jobs(run_id)[0]
+            store.job_attempt(job.id)
+            provenance = Provenance("demo:digits", None, "b" * 64, "c" * 64, {}, None, None, None, None)
+            store.record_result(job.id, _summary_only(night_latencies(rng, scale_tonight)), provenance)
+            store.finish_run(run_id)
+        report = detect(store, farm="adb")
+    finding = next(f for f in report.findings if f.device == key[0])
+    assert finding.status == expect, finding.reasons
+    assert finding.p99 is None and finding.p_value is None
+    assert "no raw samples: threshold only" in " ".join(finding.reasons)

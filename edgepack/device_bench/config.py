@@ -108,6 +108,9 @@ _REASONED = (
 )
 """(measurement, reason) pairs: exactly one of the two is ``None``."""
 
+_SAMPLE_STATS = ("p90", "p99", "ci95_p50", "ci95_p99", "outliers")
+"""Statistics that need per-iteration samples; ``None`` only with ``percentiles_reason``."""
+
 
 @dataclass(frozen=True)
 class BenchResult:
@@ -121,16 +124,16 @@ class BenchResult:
     latencies_ms: tuple[float, ...]
     """Kept samples in run order (the warm-up prefix is not included)."""
     p50: float
-    p90: float
+    p90: float | None
     p95: float
-    p99: float
+    p99: float | None
     mean: float
     std: float
     min: float
     max: float
-    ci95_p50: tuple[float, float]
-    ci95_p99: tuple[float, float]
-    outliers: int
+    ci95_p50: tuple[float, float] | None
+    ci95_p99: tuple[float, float] | None
+    outliers: int | None
     outlier_policy: str
     warmup_mode: str
     """``"fixed"`` (config.warmup untimed iterations) or ``"auto"`` (detected and discarded)."""
@@ -153,12 +156,18 @@ class BenchResult:
     first_inference_ms: float | None = None
     energy_method: str | None = None
     notes: tuple[str, ...] = ()
+    percentiles_reason: str | None = None
+    """Why p90/p99, their confidence intervals or the outlier count are ``None``: the runner's tool publishes
+    summary statistics only (TFLite benchmark_model), so there are no per-iteration samples."""
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         for value_name, reason_name in _REASONED:
             if (getattr(self, value_name) is None) == (getattr(self, reason_name) is None):
                 raise ValueError(f"exactly one of {value_name} and {reason_name} must be set")
+        missing = [name for name in _SAMPLE_STATS if getattr(self, name) is None]
+        if missing and not self.percentiles_reason:
+            raise ValueError(f"{', '.join(missing)} may only be None together with percentiles_reason")
 
     @property
     def iterations(self) -> int:
@@ -167,8 +176,8 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["latencies_ms"] = list(self.latencies_ms)
-        data["ci95_p50"] = list(self.ci95_p50)
-        data["ci95_p99"] = list(self.ci95_p99)
+        data["ci95_p50"] = list(self.ci95_p50) if self.ci95_p50 is not None else None
+        data["ci95_p99"] = list(self.ci95_p99) if self.ci95_p99 is not None else None
         data["sustained"] = [list(p) for p in self.sustained] if self.sustained is not None else None
         data["notes"] = list(self.notes)
         return data
@@ -188,8 +197,9 @@ class BenchResult:
         values = dict(data)
         try:
             values["latencies_ms"] = tuple(float(v) for v in data["latencies_ms"])
-            values["ci95_p50"] = (float(data["ci95_p50"][0]), float(data["ci95_p50"][1]))
-            values["ci95_p99"] = (float(data["ci95_p99"][0]), float(data["ci95_p99"][1]))
+            for name in ("ci95_p50", "ci95_p99"):
+                pair = data[name]
+                values[name] = (float(pair[0]), float(pair[1])) if pair is not None else None
             sustained = data.get("sustained")
             values["sustained"] = tuple((float(t), float(v)) for t, v in sustained) if sustained is not None else None
             values["notes"] = tuple(str(n) for n in data.get("notes", ()))

@@ -196,7 +196,8 @@ class _DeviceLoop:
                 self.store.job_done(job.id, "failed", f"attempt {number}: {exc}")
                 return f"error ({exc})"
             self.store.record_result(job.id, result, exported.provenance)
-            return f"ok (p50 {result.p50:.3f} ms, p99 {result.p99:.3f} ms, attempt {number})"
+            tail = f"p99 {result.p99:.3f} ms" if result.p99 is not None else "p99 n/a"
+            return f"ok (p50 {result.p50:.3f} ms, {tail}, attempt {number})"
         self.store.job_done(job.id, "failed", error)
         return f"failed ({error})"
 

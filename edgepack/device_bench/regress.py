@@ -62,10 +62,11 @@ class Measured(Protocol):
     run_id: int
     key: tuple[str, str, str, str]
     p50: float
-    p99: float
-    p50_ci: tuple[float, float]
-    p99_ci: tuple[float, float]
+    p99: float | None
+    p50_ci: tuple[float, float] | None
+    p99_ci: tuple[float, float] | None
     latencies_ms: tuple[float, ...]
+    """Empty, and p99/CIs ``None``, for summary-only runners (adb benchmark_model)."""
     accuracy: float | None
     accuracy_max_drop: float | None
     bundle_sha256: str | None
@@ -179,30 +180,38 @@ def compare(tonight: Measured, history: Sequence[Measured], thresholds: Threshol
 
     device, model, target, recipe = tonight.key
     base = list(history)[-thresholds.window :]
+    p50_low = tonight.p50_ci[0] if tonight.p50_ci is not None else tonight.p50
+    p99_low = tonight.p99_ci[0] if tonight.p99_ci is not None else None
     common = dict(device=device, model=model, target=target, recipe=recipe, run_id=tonight.run_id,
-                  baseline_runs=tuple(b.run_id for b in base), p50=tonight.p50, p50_ci_low=tonight.p50_ci[0], p99=tonight.p99,
-                  p99_ci_low=tonight.p99_ci[0], accuracy=tonight.accuracy, bundle_sha256=tonight.bundle_sha256)
+                  baseline_runs=tuple(b.run_id for b in base), p50=tonight.p50, p50_ci_low=p50_low, p99=tonight.p99,
+                  p99_ci_low=p99_low, accuracy=tonight.accuracy, bundle_sha256=tonight.bundle_sha256)
     if len(base) < thresholds.min_history:
         return Finding(status="insufficient-history", **common,
                        reasons=(f"{len(base)} baseline result(s), need {thresholds.min_history}",))
     base_p50 = statistics.median(b.p50 for b in base)
-    base_p99 = statistics.median(b.p99 for b in base)
+    base_p99s = [b.p99 for b in base if b.p99 is not None]
+    base_p99 = statistics.median(base_p99s) if base_p99s else None
     per_run = max(1, thresholds.max_samples // len(base))
     pooled = [v for b in base for v in _thin(b.latencies_ms, per_run)]
-    p_value = float(mannwhitneyu(_thin(tonight.latencies_ms, thresholds.max_samples), pooled, alternative="greater").pvalue)
+    samples = _thin(tonight.latencies_ms, thresholds.max_samples)
+    if samples and pooled:
+        p_value: float | None = float(mannwhitneyu(samples, pooled, alternative="greater").pvalue)
+        significant = p_value < thresholds.alpha
+        test = f"U-test p={p_value:.2g}"
+    else:  # summary-only results: no samples to test, the practical threshold alone decides
+        p_value, significant, test = None, True, "no raw samples: threshold only"
     p50_change = tonight.p50 / base_p50 - 1 if base_p50 > 0 else 0.0
-    p99_change = tonight.p99 / base_p99 - 1 if base_p99 > 0 else 0.0
-    p50_low_change = tonight.p50_ci[0] / base_p50 - 1 if base_p50 > 0 else 0.0
-    p99_low_change = tonight.p99_ci[0] / base_p99 - 1 if base_p99 > 0 else 0.0
-    significant = p_value < thresholds.alpha
+    p50_low_change = p50_low / base_p50 - 1 if base_p50 > 0 else 0.0
     reasons: list[str] = []
     if significant and p50_low_change > thresholds.p50:
-        reasons.append(f"p50 {tonight.p50:.4g} ms (95 % CI low {tonight.p50_ci[0]:.4g}) is {p50_change:+.1%} vs "
-                       f"baseline {base_p50:.4g} ms "
-                       f"(limit {thresholds.p50:.0%}, U-test p={p_value:.2g})")
-    if significant and p99_low_change > thresholds.p99:
-        reasons.append(f"p99 {tonight.p99:.4g} ms (95 % CI low {tonight.p99_ci[0]:.4g}) is {p99_change:+.1%} vs "
-                       f"baseline {base_p99:.4g} ms (limit {thresholds.p99:.0%}, U-test p={p_value:.2g})")
+        reasons.append(f"p50 {tonight.p50:.4g} ms (95 % CI low {p50_low:.4g}) is {p50_change:+.1%} vs "
+                       f"baseline {base_p50:.4g} ms (limit {thresholds.p50:.0%}, {test})")
+    p99_change = None
+    if tonight.p99 is not None and p99_low is not None and base_p99:
+        p99_change = tonight.p99 / base_p99 - 1
+        if significant and p99_low / base_p99 - 1 > thresholds.p99:
+            reasons.append(f"p99 {tonight.p99:.4g} ms (95 % CI low {p99_low:.4g}) is {p99_change:+.1%} vs "
+                           f"baseline {base_p99:.4g} ms (limit {thresholds.p99:.0%}, {test})")
     accuracies = [b.accuracy for b in base if b.accuracy is not None]
     base_accuracy = statistics.median(accuracies) if accuracies else None
     if tonight.accuracy is not None and base_accuracy is not None:
@@ -212,7 +221,8 @@ def compare(tonight: Measured, history: Sequence[Measured], thresholds: Threshol
             reasons.append(f"accuracy {tonight.accuracy:.4g} dropped {drop:.4g} below baseline {base_accuracy:.4g} (limit {limit:.4g})")
     status: Status = "regression" if reasons else "ok"
     if not reasons:
-        reasons.append(f"p50 {p50_change:+.1%}, p99 {p99_change:+.1%}, U-test p={p_value:.2g}")
+        p99_text = f"p99 {p99_change:+.1%}" if p99_change is not None else "p99 n/a"
+        reasons.append(f"p50 {p50_change:+.1%}, {p99_text}, {test}")
     return Finding(status=status, reasons=tuple(reasons), baseline_p50=base_p50, p50_change=p50_change,
                    baseline_p99=base_p99, p99_change=p99_change, p_value=p_value, baseline_accuracy=base_accuracy,
                    **common)

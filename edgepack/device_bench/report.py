@@ -68,7 +68,9 @@ def _history_plot(rows: Sequence["ResultRow"], run_order: dict[int, int], flagge
         color = f"C{index % 10}"
         xs = [run_order[p.run_id] for p in points]
         axes.plot(xs, [p.p50 for p in points], "o-", color=color, label=f"{label} p50")
-        axes.plot(xs, [p.p99 for p in points], "--", color=color, alpha=0.6, label=f"{label} p99")
+        tail = [(x, p.p99) for x, p in zip(xs, points) if p.p99 is not None]  # summary-only runners have no p99
+        if tail:
+            axes.plot(*zip(*tail), "--", color=color, alpha=0.6, label=f"{label} p99")
         if points[-1].key in flagged:
             axes.plot(xs[-1], points[-1].p50, "o", markersize=14, markerfacecolor="none", markeredgecolor="red",
                       markeredgewidth=2, label=f"{label} regression")
@@ -77,7 +79,7 @@ def _history_plot(rows: Sequence["ResultRow"], run_order: dict[int, int], flagge
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("run")
     axes.set_ylabel("latency (ms)")
-    axes.set_ylim(0, max(max(r.p99 for r in rows), 1e-9) * 1.35)
+    axes.set_ylim(0, max(max(r.p99 if r.p99 is not None else r.p50 for r in rows), 1e-9) * 1.35)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="upper left", ncols=2)
     return _png(figure)
@@ -90,7 +92,7 @@ def _percentile_plot(rows: Sequence["ResultRow"]) -> str:
     figure, axes = plt.subplots(figsize=(7, 0.6 + 0.5 * max(2, len(rows))))
     positions = np.arange(len(rows))
     for offset, (name, color) in enumerate((("p50", "C0"), ("p90", "C1"), ("p99", "C3"))):
-        values = [getattr(r, name) for r in rows]
+        values = [getattr(r, name) or 0.0 for r in rows]  # n/a (summary-only runner) draws no bar
         axes.barh(positions + (offset - 1) * 0.27, values, height=0.27, color=color, label=name)
     axes.set_yticks(positions, [_label(r) for r in rows], fontsize=8)
     axes.set_xlabel("latency (ms), latest run")

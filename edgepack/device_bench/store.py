@@ -132,17 +132,17 @@ class Result(Base):
     precision: Mapped[str] = mapped_column(String(50))
     iterations: Mapped[int] = mapped_column(Integer)
     p50: Mapped[float] = mapped_column(Float)
-    p90: Mapped[float] = mapped_column(Float)
+    p90: Mapped[float | None] = mapped_column(Float, nullable=True)
     p95: Mapped[float] = mapped_column(Float)
-    p99: Mapped[float] = mapped_column(Float)
+    p99: Mapped[float | None] = mapped_column(Float, nullable=True)
     mean: Mapped[float] = mapped_column(Float)
     std: Mapped[float] = mapped_column(Float)
     min: Mapped[float] = mapped_column(Float)
     max: Mapped[float] = mapped_column(Float)
-    p50_ci_low: Mapped[float] = mapped_column(Float)
-    p50_ci_high: Mapped[float] = mapped_column(Float)
-    p99_ci_low: Mapped[float] = mapped_column(Float)
-    p99_ci_high: Mapped[float] = mapped_column(Float)
+    p50_ci_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p50_ci_high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p99_ci_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p99_ci_high: Mapped[float | None] = mapped_column(Float, nullable=True)
     cold_start_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     peak_mem_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
     energy_mj: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -220,10 +220,11 @@ class ResultRow:
     runner: str
     precision: str
     p50: float
-    p90: float
-    p99: float
-    p50_ci: tuple[float, float]
-    p99_ci: tuple[float, float]
+    p90: float | None
+    p99: float | None
+    p50_ci: tuple[float, float] | None
+    p99_ci: tuple[float, float] | None
+    """``None`` (with p90/p99) for runners whose tool publishes summary statistics only (adb benchmark_model)."""
     latencies_ms: tuple[float, ...]
     cold_start_ms: float | None
     peak_mem_mb: float | None
@@ -597,8 +598,8 @@ def _result_row(job: Job, result: BenchResult, provenance: Provenance) -> Result
         recipe=job.recipe, runner=result.runner, runtime=result.runtime, precision=result.precision,
         iterations=result.iterations, p50=result.p50, p90=result.p90, p95=result.p95, p99=result.p99,
         mean=result.mean, std=result.std, min=result.min, max=result.max,
-        p50_ci_low=result.ci95_p50[0], p50_ci_high=result.ci95_p50[1],
-        p99_ci_low=result.ci95_p99[0], p99_ci_high=result.ci95_p99[1],
+        p50_ci_low=_low(result.ci95_p50), p50_ci_high=_high(result.ci95_p50),
+        p99_ci_low=_low(result.ci95_p99), p99_ci_high=_high(result.ci95_p99),
         cold_start_ms=result.cold_start_ms, peak_mem_mb=result.peak_mem_mb, energy_mj=result.energy_mj_per_inference,
         accuracy_metric=provenance.accuracy_metric, accuracy=provenance.accuracy,
         accuracy_reference=provenance.accuracy_reference, accuracy_max_drop=provenance.accuracy_max_drop,
@@ -608,11 +609,24 @@ def _result_row(job: Job, result: BenchResult, provenance: Provenance) -> Result
     )
 
 
+def _low(interval: tuple[float, float] | None) -> float | None:
+    return interval[0] if interval is not None else None
+
+
+def _high(interval: tuple[float, float] | None) -> float | None:
+    return interval[1] if interval is not None else None
+
+
+def _pair(low: float | None, high: float | None) -> tuple[float, float] | None:
+    return (low, high) if low is not None and high is not None else None
+
+
 def _row(r: Result, started: datetime) -> ResultRow:
     return ResultRow(
         id=r.id, run_id=r.run_id, run_started_at=started, device=r.device_id, model=r.model, target=r.target,
         recipe=r.recipe, runner=r.runner, precision=r.precision, p50=r.p50, p90=r.p90, p99=r.p99,
-        p50_ci=(r.p50_ci_low, r.p50_ci_high), p99_ci=(r.p99_ci_low, r.p99_ci_high), latencies_ms=tuple(r.latencies_ms),
+        p50_ci=_pair(r.p50_ci_low, r.p50_ci_high), p99_ci=_pair(r.p99_ci_low, r.p99_ci_high),
+        latencies_ms=tuple(r.latencies_ms or ()),
         cold_start_ms=r.cold_start_ms, peak_mem_mb=r.peak_mem_mb, energy_mj=r.energy_mj, accuracy_metric=r.accuracy_metric,
         accuracy=r.accuracy, accuracy_reference=r.accuracy_reference, accuracy_max_drop=r.accuracy_max_drop,
         bundle_sha256=r.bundle_sha256, artifact_sha256=r.artifact_sha256, toolchain=dict(r.toolchain or {}),

@@ -26,6 +26,8 @@ from edgepack.models.source import Preprocess, QuantParams, TensorSpec
 RUNNERS: dict[str, str] = {
     "host": "edgepack.device_bench.runners.host:HostRunner",
     "ssh": "edgepack.device_bench.runners.ssh:SshRunner",
+    "adb": "edgepack.device_bench.runners.adb:AdbRunner",
+    "ios": "edgepack.device_bench.runners.ios:IosRunner",
 }
 """URI scheme -> ``module:Class`` of its runner."""
 

@@ -63,8 +63,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("run_id", "device_id", "model", "target", "recipe", name="uq_jobs_key"),
     )
     op.create_index("ix_jobs_run_id", "jobs", ["run_id"])
-    floats = ["p50", "p90", "p95", "p99", "mean", "std", "min", "max",
-              "p50_ci_low", "p50_ci_high", "p99_ci_low", "p99_ci_high"]
+    floats = ["p50", "p95", "mean", "std", "min", "max"]
+    # p90/p99 and the CIs need per-iteration samples, which summary-only tools (benchmark_model) do not give.
+    sample_stats = ["p90", "p99", "p50_ci_low", "p50_ci_high", "p99_ci_low", "p99_ci_high"]
     optional_floats = ["cold_start_ms", "peak_mem_mb", "energy_mj", "accuracy", "accuracy_reference", "accuracy_max_drop"]
     op.create_table(
         "results",
@@ -80,6 +81,7 @@ def upgrade() -> None:
         sa.Column("precision", sa.String(50), nullable=False),
         sa.Column("iterations", sa.Integer(), nullable=False),
         *(sa.Column(name, sa.Float(), nullable=False) for name in floats),
+        *(sa.Column(name, sa.Float(), nullable=True) for name in sample_stats),
         *(sa.Column(name, sa.Float(), nullable=True) for name in optional_floats[:3]),
         sa.Column("accuracy_metric", sa.String(100), nullable=True),
         *(sa.Column(name, sa.Float(), nullable=True) for name in optional_floats[3:]),
