@@ -141,6 +141,7 @@ def export(
     recipes: RecipeBook | None = None,
     cache: bool = True,
     archive: bool = False,
+    fail_on_fallback: float | None = None,
     progress: ProgressFn = lambda target, stage: None,
 ) -> ExportResult:
     """Export ``source`` to every target and write one bundle ``OUT/NAME.edgepack`` atomically.
@@ -149,7 +150,8 @@ def export(
     ``pass_options`` is handed to passes as ``PassContext.extra`` (e.g. ``{"student": module}`` for distill).
     Targets whose inputs are unchanged since an earlier export are replayed from the export cache
     (:mod:`edgepack.export_cache`; ``cache=False`` or runs with training callables always export).
-    ``archive`` writes ``OUT/NAME.edgepack.zip`` instead of the directory.
+    ``archive`` writes ``OUT/NAME.edgepack.zip`` instead of the directory. ``fail_on_fallback`` (percent)
+    fails a target whose placement report leaves more than that share of ops to the CPU (for CI).
     Raises :class:`edgepack.errors.EdgepackError` for bad input before anything is written, and
     :class:`edgepack.errors.OutputError` when another export holds ``OUT/NAME.edgepack`` or the disk is full.
     """
@@ -157,6 +159,8 @@ def export(
         raise InputError(f"--max-drop {max_drop}: must be between 0 and 1 (absolute, 0.01 = 1 point)")
     if not 0 <= max_slowdown <= 1:
         raise InputError(f"--max-slowdown {max_slowdown}: must be between 0 and 1 (0.05 = 5 % slower than fp32)")
+    if fail_on_fallback is not None and not 0 <= fail_on_fallback <= 100:
+        raise InputError(f"--fail-on-fallback {fail_on_fallback}: must be a percentage between 0 and 100")
     signer = load_signer(Path(sign_key)) if sign_key is not None else None
     registry = registry or load_registry()
     recipes = recipes or load_recipes()
@@ -204,6 +208,8 @@ def export(
                 files.update(target_files)
                 if export_cache and key and result.status == "ok":
                     export_cache.put(key, entry, target_files)
+            if fail_on_fallback is not None:
+                entries = {target: _limit_cpu_fallback(entry, fail_on_fallback) for target, entry in entries.items()}
             manifest = build_manifest(
                 bundle_name,
                 model,
@@ -280,6 +286,19 @@ def _writable_output(destination: Path) -> Iterator[None]:
                 parent.rmdir()  # only succeeds when the export left nothing behind
             except OSError:
                 pass
+
+
+def _limit_cpu_fallback(entry: dict[str, Any], limit_pct: float) -> dict[str, Any]:
+    """Fail an exported target whose placement leaves more than ``limit_pct`` % of its ops to the CPU.
+    The artifact stays in the bundle for inspection; the target's status and the exit code say it failed."""
+    fraction = (entry.get("placement") or {}).get("cpu_fallback_fraction")
+    if entry["status"] != "ok" or fraction is None or fraction * 100 <= limit_pct:
+        return entry
+    placement = entry["placement"]
+    cpu_ops = round(fraction * placement["total_ops"])
+    return {**entry, "status": "failed", "error": (
+        f"{fraction:.1%} of ops ({cpu_ops}/{placement['total_ops']}) fall back to the CPU, "
+        f"over --fail-on-fallback {limit_pct:g} %; see reports/{entry['profile']['id']}/placement.json")}
 
 
 def _add_documents(writer: BundleWriter, manifest: dict[str, Any]) -> None:

@@ -209,6 +209,7 @@ def export(
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", help="Recipe name or .toml file (repeatable, in order): replaces every target's recipe chain.")] = None,
     profile: Annotated[Optional[list[Path]], typer.Option("--profile", help="Extra target profile TOML (repeatable): your own device, may 'extends' a shipped one.")] = None,
     archive: Annotated[bool, typer.Option(help="Write NAME.edgepack.zip instead of the NAME.edgepack/ folder.")] = False,
+    fail_on_fallback: Annotated[Optional[float], typer.Option(help="Fail a target when more than PCT % of its ops fall back to the CPU (placement report; for CI).", metavar="PCT")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Export every target even when the export cache has it.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
@@ -220,7 +221,8 @@ def export(
         registry = load_registry(extra=profile or ())
         result = api.export(source, target, calib=calib, eval_data=eval_data, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
                             name=name, weights=weights, inputs=inputs or (), recipe_chain=recipe or (), sign_key=sign_key,
-                            cache=not no_cache, archive=archive, registry=registry, progress=progress)
+                            cache=not no_cache, archive=archive, fail_on_fallback=fail_on_fallback, registry=registry,
+                            progress=progress)
     if as_json:
         _print_json({"bundle": str(result.bundle), "ok": result.ok, "cached": result.cached, "manifest": result.manifest})
     else:

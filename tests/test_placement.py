@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -101,3 +102,26 @@ def test_targets_check_cli(tmp_path):
     host = subprocess.run([sys.executable, "-m", "edgepack.cli", "targets", "check", "demo:digits", "-t", "host-ort"],
                           capture_output=True, text=True, timeout=300)
     assert host.returncode == 0 and "every op runs on the CPU" in host.stdout
+
+
+def test_fail_on_fallback_fails_a_target_whose_ops_fall_back_to_the_cpu(tmp_path, monkeypatch):
+    """SIN is not an Edge TPU op: the compiler maps the prefix before it, the tail runs on the CPU."""
+    monkeypatch.setenv("EDGEPACK_CACHE", "on")
+    monkeypatch.setenv("EDGEPACK_CACHE_DIR", str(tmp_path / "cache"))
+    factory = tmp_path / "sine.py"
+    factory.write_text(SIN_FACTORY)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, image=np.random.default_rng(0).uniform(0, 1, (16, 3, 16, 16)).astype(np.float32))
+    strict = api.export(f"{factory}:build", ["coral-edgetpu"], calib=calib, out=tmp_path / "a", fail_on_fallback=10)
+    entry = strict.manifest["targets"]["coral-edgetpu"]
+    tpu = entry["placement"]["accelerators"][0]
+    total, first = entry["placement"]["total_ops"], tpu["first_fallback_index"]
+    # The int8 converter keeps SIN in float (DEQUANTIZE -> SIN -> QUANTIZE): the TPU prefix ends there.
+    assert "SIN" in [f["type"] for f in tpu["fallback"]] and tpu["partition"] == "prefix" and first is not None
+    fraction = entry["placement"]["cpu_fallback_fraction"]
+    assert fraction == pytest.approx((total - first) / total, abs=1e-4) and fraction > 0.1
+    assert entry["status"] == "failed" and "fall back to the CPU" in entry["error"] and "--fail-on-fallback 10" in entry["error"]
+    assert entry["artifact"] is not None and not strict.ok
+    # The same export under a looser limit is a cache hit: the limit is judged on the recorded placement.
+    loose = api.export(f"{factory}:build", ["coral-edgetpu"], calib=calib, out=tmp_path / "b", fail_on_fallback=100)
+    assert loose.cached == ["coral-edgetpu"] and loose.ok

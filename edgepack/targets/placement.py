@@ -61,11 +61,18 @@ class AcceleratorPlacement:
     supported: int = 0
     fallback: list[dict[str, str]] = field(default_factory=list)
     first_fallback_index: int | None = None
+    partition: str = "per-op"
 
     @property
     def fallback_fraction(self) -> float:
+        """Share of ops this accelerator does not run (for ``prefix`` partitioning: everything from the
+        first unsupported op on)."""
         total = self.supported + len(self.fallback)
-        return len(self.fallback) / total if total else 0.0
+        if not total:
+            return 0.0
+        if self.partition == "prefix" and self.first_fallback_index is not None:
+            return (total - self.first_fallback_index) / total
+        return len(self.fallback) / total
 
 
 @dataclass
@@ -79,10 +86,16 @@ class PlacementReport:
     accelerators: list[AcceleratorPlacement]
     checked_on: str
 
+    @property
+    def cpu_fallback_fraction(self) -> float:
+        """Share of ops left to the CPU with the best accelerator doing all it can (one delegate at a time)."""
+        return min((a.fallback_fraction for a in self.accelerators), default=0.0)
+
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         for entry, placement in zip(data["accelerators"], self.accelerators):
             entry["fallback_fraction"] = round(placement.fallback_fraction, 4)
+        data["cpu_fallback_fraction"] = round(self.cpu_fallback_fraction, 4)
         return data
 
 
@@ -109,7 +122,7 @@ def _violations(op: GraphOp, rule: OpConstraint, precision: str, table_dtypes: s
 
 
 def _place_one(name: str, accelerator: Accelerator, ops: list[GraphOp], precision: str | None) -> AcceleratorPlacement:
-    placement = AcceleratorPlacement(name, accelerator.kind)
+    placement = AcceleratorPlacement(name, accelerator.kind, partition=accelerator.partition)
     # precision None: judge op support only, each accelerator in its own preferred precision
     wanted = accelerator.precisions[0] if precision is None else RECIPE_TO_ACCELERATOR_PRECISION.get(precision, precision)
     precision_reason = None

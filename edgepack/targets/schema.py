@@ -53,6 +53,9 @@ class Accelerator(_Strict):
     """What the op table's ``dtypes`` mean: the precision an op executes in (``execution``: float tensors of
     an int8 artifact are judged as int8), or the graph's tensor types as the vendor's parser reads them
     (``graph``: int8 arrives as explicit Q/DQ around float-typed ops, as in ONNX-TensorRT's matrix)."""
+    partition: Literal["per-op", "prefix"] = "per-op"
+    """How the runtime splits a graph: ``per-op`` (every supported op runs here, the rest elsewhere) or
+    ``prefix`` (the Edge TPU compiler maps ops up to the first unsupported one; the whole tail runs on the CPU)."""
     source: str | None = None
     """Key into :attr:`TargetProfile.sources` naming where the op table was taken from."""
 
