@@ -142,6 +142,8 @@ def export(
     cache: bool = True,
     archive: bool = False,
     fail_on_fallback: float | None = None,
+    bench: str | None = None,
+    bench_config: Any = None,
     progress: ProgressFn = lambda target, stage: None,
 ) -> ExportResult:
     """Export ``source`` to every target and write one bundle ``OUT/NAME.edgepack`` atomically.
@@ -152,6 +154,9 @@ def export(
     (:mod:`edgepack.export_cache`; ``cache=False`` or runs with training callables always export).
     ``archive`` writes ``OUT/NAME.edgepack.zip`` instead of the directory. ``fail_on_fallback`` (percent)
     fails a target whose placement report leaves more than that share of ops to the CPU (for CI).
+    ``bench`` (a runner URI, e.g. ``"host"``) measures every shipped artifact that runner can run, from the
+    staged bundle, with ``bench_config`` (a :class:`~edgepack.device_bench.config.BenchConfig`; default 50
+    iterations / 1 s) and records the summary as the target's ``bench`` entry in the manifest.
     Raises :class:`edgepack.errors.EdgepackError` for bad input before anything is written, and
     :class:`edgepack.errors.OutputError` when another export holds ``OUT/NAME.edgepack`` or the disk is full.
     """
@@ -162,6 +167,7 @@ def export(
     if fail_on_fallback is not None and not 0 <= fail_on_fallback <= 100:
         raise InputError(f"--fail-on-fallback {fail_on_fallback}: must be a percentage between 0 and 100")
     signer = load_signer(Path(sign_key)) if sign_key is not None else None
+    bench_runner = _bench_runner(bench) if bench is not None else None  # a bad runner URI fails before any work
     registry = registry or load_registry()
     recipes = recipes or load_recipes()
     profiles = _resolve_targets(registry, targets)
@@ -223,6 +229,9 @@ def export(
             with BundleWriter(destination) as writer:
                 for relative, path in sorted(files.items()):
                     writer.add_file(path, relative)
+                if bench_runner is not None:
+                    progress("bundle", f"benchmarking on {bench}")
+                    _bench_staged(bench_runner, writer.staging, manifest, bench_config)
                 _add_documents(writer, manifest)
                 bundle = writer.commit(manifest, signer, archive=archive)
         finally:
@@ -286,6 +295,39 @@ def _writable_output(destination: Path) -> Iterator[None]:
                 parent.rmdir()  # only succeeds when the export left nothing behind
             except OSError:
                 pass
+
+
+def _bench_runner(uri: str) -> Any:
+    from edgepack.device_bench.runners import runner_for_uri
+
+    return runner_for_uri(uri)
+
+
+def _bench_staged(runner: Any, staging: Path | None, manifest: dict[str, Any], config: Any) -> None:
+    """Measure each shipped, host-runnable artifact of the staged bundle; record the summary (no raw samples)
+    as ``manifest["targets"][id]["bench"]``, or why it was not measured."""
+    from edgepack.device_bench.bench import bench_inputs
+    from edgepack.device_bench.config import BenchConfig
+    from edgepack.device_bench.runners.base import artifact_from_entry
+
+    assert staging is not None
+    config = config or BenchConfig(min_iters=50, min_seconds=1.0)
+    for target, entry in manifest["targets"].items():
+        if entry["status"] != "ok" or entry["artifact"] is None:
+            continue
+        if entry["runnable_here"] != "yes" and runner.scheme == "host":
+            entry["bench"] = {"runner": "host", "measured": False, "reason": f"not runnable here: {entry['runnable_here']}"}
+            continue
+        artifact = artifact_from_entry(staging, target, entry["profile"]["runtime"], entry["artifact"],
+                                       recipe=str(entry.get("recipe") or ""), toolchain=entry.get("toolchain") or {})
+        try:
+            result = runner.run(artifact, config, inputs=bench_inputs(manifest, artifact))
+        except EdgepackError as exc:
+            entry["bench"] = {"runner": runner.scheme, "measured": False, "reason": str(exc)}
+            continue
+        summary = result.to_dict()
+        summary["iterations"] = len(summary.pop("latencies_ms", ()))
+        entry["bench"] = {"measured": True, **summary}
 
 
 def _limit_cpu_fallback(entry: dict[str, Any], limit_pct: float) -> dict[str, Any]:

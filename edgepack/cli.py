@@ -209,6 +209,7 @@ def export(
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", help="Recipe name or .toml file (repeatable, in order): replaces every target's recipe chain.")] = None,
     profile: Annotated[Optional[list[Path]], typer.Option("--profile", help="Extra target profile TOML (repeatable): your own device, may 'extends' a shipped one.")] = None,
     archive: Annotated[bool, typer.Option(help="Write NAME.edgepack.zip instead of the NAME.edgepack/ folder.")] = False,
+    bench: Annotated[Optional[str], typer.Option(help="Benchmark what was exported on this runner (host, ssh://...) and put the summary in the manifest.", metavar="RUNNER")] = None,
     fail_on_fallback: Annotated[Optional[float], typer.Option(help="Fail a target when more than PCT % of its ops fall back to the CPU (placement report; for CI).", metavar="PCT")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Export every target even when the export cache has it.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
@@ -221,7 +222,7 @@ def export(
         registry = load_registry(extra=profile or ())
         result = api.export(source, target, calib=calib, eval_data=eval_data, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
                             name=name, weights=weights, inputs=inputs or (), recipe_chain=recipe or (), sign_key=sign_key,
-                            cache=not no_cache, archive=archive, fail_on_fallback=fail_on_fallback, registry=registry,
+                            cache=not no_cache, archive=archive, fail_on_fallback=fail_on_fallback, bench=bench, registry=registry,
                             progress=progress)
     if as_json:
         _print_json({"bundle": str(result.bundle), "ok": result.ok, "cached": result.cached, "manifest": result.manifest})
@@ -251,7 +252,8 @@ def _print_export_table(result: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"bundle {result.bundle}")
-    for column in ("target", "precision", "size", "parity", "accuracy", "placement", "status"):
+    benched = any("bench" in entry for entry in result.manifest["targets"].values())
+    for column in ("target", "precision", "size", "parity", "accuracy", "placement", *(["p50 ms"] if benched else []), "status"):
         table.add_column(column)
     for entry_id, entry in result.manifest["targets"].items():
         artifact = entry["artifact"] or {}
@@ -271,8 +273,10 @@ def _print_export_table(result: Any) -> None:
                 status += " · not run here"
         else:
             status = f"[red]{entry['status']}[/red]: {entry['error']}"
+        bench = entry.get("bench") or {}
+        latency = [f"{bench['p50']:.3f}" if bench.get("measured") else "n/a"] if benched else []
         table.add_row(entry_id, artifact.get("precision", "-"), _human_bytes(artifact["bytes"]) if artifact else "-",
-                      parity_text, accuracy, _placement_text(entry.get("placement")), status)
+                      parity_text, accuracy, _placement_text(entry.get("placement")), *latency, status)
     _console().print(table)
 
 

@@ -226,3 +226,22 @@ def test_bench_cli_json(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "edgepack.cli", "bench", str(bundle), "--runner", "ssh://root@host;rm"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("edgepack: error:") and "Traceback" not in bad.stderr
+
+
+def test_export_bench_host_puts_the_summary_in_the_manifest(tmp_path: Path) -> None:
+    result = api.export("demo:digits", ["host-ort", "jetson-orin"], out=tmp_path, recipe_chain=["fp32"], bench="host",
+                        bench_config=CONFIG)
+    host = result.manifest["targets"]["host-ort"]["bench"]
+    assert host["measured"] is True and host["runner"] == "host" and "latencies_ms" not in host
+    assert 0 < host["min"] <= host["p50"] <= host["p99"] and host["iterations"] >= CONFIG.min_iters
+    assert host["ci95_p50"][0] <= host["p50"] <= host["ci95_p50"][1]
+    jetson = result.manifest["targets"]["jetson-orin"]["bench"]
+    assert jetson["measured"] is False and jetson["reason"].startswith("not runnable here")
+    assert read_manifest(result.bundle)["targets"]["host-ort"]["bench"]["p50"] == host["p50"]
+    assert api.verify(result.bundle).files_checked > 0
+
+
+def test_export_bench_with_a_bad_runner_fails_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown scheme"):
+        api.export("demo:digits", ["host-ort"], out=tmp_path / "out", bench="usb://phone")
+    assert not (tmp_path / "out").exists()
