@@ -321,9 +321,9 @@ def bench(
     from edgepack.device_bench.bench import bench_bundle
     from edgepack.device_bench.config import BenchConfig
 
-    with _user_errors():
+    with _user_errors(), _progress(not as_json and sys.stderr.isatty()) as progress:
         config = BenchConfig(min_iters=iterations, min_seconds=seconds, threads=threads, accelerator=accelerator)
-        results = bench_bundle(bundle, target, runner, config)
+        results = bench_bundle(bundle, target, runner, config, progress=progress)
         if db is not None:
             from edgepack.device_bench.store import record_bench_results
 

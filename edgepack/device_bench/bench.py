@@ -7,7 +7,7 @@ and hands both to the runner named by the URI.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ def bench_bundle(
     config: BenchConfig,
     *,
     runner_options: Mapping[str, str] | None = None,
+    progress: Callable[[str, str], None] = lambda target, stage: None,
 ) -> list[BenchResult]:
     """Measure ``target`` (every target with an artifact when ``None``) of ``bundle`` on ``runner_uri``.
 
@@ -90,4 +91,8 @@ def bench_bundle(
         if not names:
             raise InputError(f"{bundle}: no target in this bundle has an artifact")
     artifacts = [artifact_from_manifest(bundle, name, manifest) for name in names]
-    return [runner.run(a, config, inputs=bench_inputs(manifest, a)) for a in artifacts]
+    results = []
+    for artifact in artifacts:
+        progress(artifact.target_id, f"measuring on {runner_uri}")
+        results.append(runner.run(artifact, config, inputs=bench_inputs(manifest, artifact)))
+    return results
