@@ -22,10 +22,12 @@ from edgepack.bundle.manifest import artifact_dir, build_manifest, target_entry
 from edgepack.bundle.signing import load_signer
 from edgepack.bundle.verify import VerifyResult, verify_bundle
 from edgepack.bundle.writer import BundleWriter
-from edgepack.compress.gate import Gate
+from edgepack.compress.gate import Gate, parse_metric
 from edgepack.compress.passes import PassContext, TrainStep
 from edgepack.compress.recipe import RecipeBook, load_recipe_file, load_recipes
 from edgepack.data.dataset import Dataset, load_dataset
+from edgepack.data.image_folder import load_image_folder
+from edgepack.data.metric_function import MetricFunction, is_metric_function, load_metric_function
 from edgepack.exporters.onnx import export_onnx
 from edgepack.errors import DataError, EdgepackError, InputError, OutputError
 from edgepack.export_cache import ExportCache, default_cache_dir, target_key
@@ -100,7 +102,8 @@ def _with_recipe_files(book: RecipeBook, chain: Sequence[str | Path]) -> tuple[R
 
 
 def _evaluation(
-    source: ModelSource, calib: Dataset | None, eval_data: Dataset | None, max_drop: float, max_slowdown: float
+    source: ModelSource, calib: Dataset | None, eval_data: Dataset | None, max_drop: float, max_slowdown: float,
+    metric: str = "auto", scorer: tuple[str, MetricFunction] | None = None,
 ) -> Evaluation:
     """Held-out parity inputs: eval data, else the tail of calib data, else synthetic inputs."""
     if eval_data is not None:
@@ -110,14 +113,19 @@ def _evaluation(
     else:
         parity = Dataset(example_dataset_arrays(source.inputs, SYNTHETIC_SAMPLES, seed=1), None, "synthetic")
     gate_data = eval_data if eval_data is not None else Dataset(parity.inputs, None, parity.origin)
-    gate = Gate(gate_data, source.outputs[0].name, max_drop, latency_tolerance=max_slowdown)
+    name, function = scorer if scorer is not None else ("", None)
+    gate = Gate(gate_data, source.outputs[0].name, max_drop, latency_tolerance=max_slowdown, metric=metric,
+                scorer=function, scorer_name=name)
     return Evaluation(reference_predictor(source), parity, gate)
 
 
 def _load_data(path: str | Path | None, source: ModelSource, builtin: str, *, labels: bool) -> Dataset | None:
-    if path is not None:
-        return load_dataset(path, source.inputs, require_labels=labels)
-    return source.extra.get(builtin)
+    """``.npz``/``.npy`` arrays or an ImageFolder-style directory; the source's built-in data when ``None``."""
+    if path is None:
+        return source.extra.get(builtin)
+    if Path(path).is_dir():
+        return load_image_folder(Path(path), source.inputs, source.labels)
+    return load_dataset(path, source.inputs, require_labels=labels)
 
 
 def export(
@@ -139,6 +147,7 @@ def export(
     pass_options: dict[str, Any] | None = None,
     registry: Registry | None = None,
     recipes: RecipeBook | None = None,
+    metric: str = "auto",
     cache: bool = True,
     archive: bool = False,
     fail_on_fallback: float | None = None,
@@ -148,6 +157,9 @@ def export(
 ) -> ExportResult:
     """Export ``source`` to every target and write one bundle ``OUT/NAME.edgepack`` atomically.
 
+    ``eval_data`` is labelled ``.npz`` data, an ImageFolder-style directory, or ``FILE.py:function`` /
+    ``package.module:function`` scoring a predictor (:mod:`edgepack.data.metric_function`); ``metric`` picks
+    the built-in metric (``auto``, ``top1``, ``top5``..., ``cosine``).
     ``train_data`` / ``train_step`` feed passes that train (QAT, distillation, pruning fine-tune);
     ``pass_options`` is handed to passes as ``PassContext.extra`` (e.g. ``{"student": module}`` for distill).
     Targets whose inputs are unchanged since an earlier export are replayed from the export cache
@@ -166,6 +178,7 @@ def export(
         raise InputError(f"--max-slowdown {max_slowdown}: must be between 0 and 1 (0.05 = 5 % slower than fp32)")
     if fail_on_fallback is not None and not 0 <= fail_on_fallback <= 100:
         raise InputError(f"--fail-on-fallback {fail_on_fallback}: must be a percentage between 0 and 100")
+    metric = parse_metric(metric)
     signer = load_signer(Path(sign_key)) if sign_key is not None else None
     bench_runner = _bench_runner(bench) if bench is not None else None  # a bad runner URI fails before any work
     registry = registry or load_registry()
@@ -178,18 +191,20 @@ def export(
     progress("source", "loading")
     model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs)
     calib_data = _load_data(calib, model, "calib", labels=False)
-    eval_set = _load_data(eval_data, model, "eval", labels=True)
+    scorer = load_metric_function(str(eval_data)) if eval_data is not None and is_metric_function(str(eval_data)) else None
+    eval_set = _load_data(eval_data if scorer is None else None, model, "eval", labels=True)
     if eval_set is not None:
         _check_eval_set(eval_set, model)
     bundle_name = _bundle_name(model, name)
-    evaluation = _evaluation(model, calib_data, eval_set, max_drop, max_slowdown)
+    evaluation = _evaluation(model, calib_data, eval_set if scorer is None else None, max_drop, max_slowdown, metric, scorer)
     destination = Path(out) / f"{bundle_name}.edgepack"
     training = PassContext(calib=calib_data, train_data=train_data, train_step=train_step,
                            input_names=tuple(s.name for s in model.inputs), extra=dict(pass_options or {}))
     trains = train_data is not None or train_step is not None or bool(pass_options)
     cache_dir = default_cache_dir() if cache and not trains else None
+    cache_dir = cache_dir if scorer is None else None  # a user metric is code: its result cannot be keyed
     keyer = _TargetKeyer(model, recipes, {"calib": calib_data, "eval": eval_set, "parity": evaluation.parity_inputs},
-                         {"max_drop": max_drop, "max_slowdown": max_slowdown}) if cache_dir else None
+                         {"max_drop": max_drop, "max_slowdown": max_slowdown, "metric": metric}) if cache_dir else None
     export_cache = ExportCache(cache_dir) if cache_dir else None
 
     with _writable_output(destination), BundleLock(destination):
@@ -221,7 +236,7 @@ def export(
                 model,
                 entries,
                 calibration=calib_data.origin if calib_data is not None else None,
-                evaluation=eval_set.origin if eval_set is not None else f"fidelity on {evaluation.parity_inputs.origin} inputs",
+                evaluation=_evaluation_label(scorer, eval_set, evaluation, metric),
                 max_drop=max_drop,
                 max_slowdown=max_slowdown,
             )
@@ -237,6 +252,14 @@ def export(
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return ExportResult(bundle, manifest, results, cached)
+
+
+def _evaluation_label(scorer: tuple[str, Any] | None, eval_set: Dataset | None, evaluation: Evaluation, metric: str) -> str:
+    if scorer is not None:
+        return f"user metric {scorer[0]}"
+    if eval_set is not None:
+        return eval_set.origin + ("" if metric == "auto" else f" ({metric})")
+    return f"fidelity on {evaluation.parity_inputs.origin} inputs"
 
 
 class _TargetKeyer:

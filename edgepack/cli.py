@@ -197,8 +197,9 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, str], None]]:
 def export(
     source: Annotated[str, typer.Argument(help="torchvision:NAME, timm:NAME, file.py:factory, model.onnx, model.pt2, hf:DIR or demo:digits")],
     target: Annotated[list[str], typer.Option("--target", "-t", help="Target id (repeatable).")],
-    calib: Annotated[Optional[Path], typer.Option(help="Calibration data (.npz/.npy).")] = None,
-    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Labelled evaluation data (.npz with 'labels').")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration data: .npz/.npy, or an image folder DIR/<class>/<image>.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Labelled evaluation data (.npz with 'labels', or an image folder DIR/<class>/<image>), or FILE.py:function / package.module:function scoring a predictor.")] = None,
+    metric: Annotated[str, typer.Option(help="Gate metric: auto (top-1 with labels, else fidelity), top1, top5 (any topK), cosine (vs fp32 outputs).")] = "auto",
     max_drop: Annotated[float, typer.Option(help="Largest allowed metric drop (absolute; 0.01 = 1 point).")] = 0.01,
     max_slowdown: Annotated[float, typer.Option(help="How much slower than the same runtime's fp32 artifact a compressed one may be (0.05 = 5 %, for timing noise).")] = 0.05,
     out: Annotated[Path, typer.Option(help="Directory that receives NAME.edgepack/.")] = Path("dist"),
@@ -220,7 +221,7 @@ def export(
 
     with _user_errors(), _progress(not as_json and sys.stderr.isatty()) as progress:
         registry = load_registry(extra=profile or ())
-        result = api.export(source, target, calib=calib, eval_data=eval_data, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
+        result = api.export(source, target, calib=calib, eval_data=eval_data, metric=metric, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
                             name=name, weights=weights, inputs=inputs or (), recipe_chain=recipe or (), sign_key=sign_key,
                             cache=not no_cache, archive=archive, fail_on_fallback=fail_on_fallback, bench=bench, registry=registry,
                             progress=progress)

@@ -262,7 +262,7 @@ class _Chain:
         layers = quantizable_layers(hub, recipe.mixed.max_layers_ranked)
         gate = self.evaluation.gate
         subset = gate.data.take(slice(0, recipe.mixed.sensitivity_samples))
-        quick = Gate(subset, gate.output, gate.max_drop)
+        quick = Gate(subset, gate.output, gate.max_drop, metric=gate.metric)  # a user scorer is too slow per layer
         reference_logits = quick.reference_logits(self.evaluation.reference)
         baseline = quick.evaluate(self.evaluation.reference, self.evaluation.reference, reference_logits).value
         counter = iter(range(len(layers) + 1))

@@ -205,6 +205,20 @@ def input_shape_the_model_rejects(tmp: Path):
             ("rejects input", "--input"))
 
 
+def eval_function_file_missing(tmp: Path):
+    return ["export", "demo:digits", "-t", "host-ort", "--eval", f"{tmp / 'gone.py'}:score"], ("gone.py", "not found")
+
+
+def eval_function_that_raises_on_import(tmp: Path):
+    (tmp / "evil_eval.py").write_text("raise SystemError('import-time failure')\n")
+    return (["export", "demo:digits", "-t", "host-ort", "--eval", f"{tmp / 'evil_eval.py'}:score"],
+            ("evil_eval.py", "importing it failed", "import-time failure"))
+
+
+def unknown_metric(tmp: Path):
+    return ["export", "demo:digits", "-t", "host-ort", "--metric", "top0"], ("--metric top0", "unknown metric")
+
+
 def bad_input_spec(tmp: Path):
     return ["export", "demo:digits", "-t", "host-ort", "--input", "image:1xfoo!"], ("--input",)
 
@@ -220,7 +234,7 @@ CASES: dict[str, Case] = {case.__name__: case for case in (
     target_with_shell_metacharacters, target_with_control_characters, runner_uri_injection,
     runner_uri_option_injection, runner_uri_proxycommand, zip_slip_bundle, zip_absolute_path_bundle,
     zip_symlink_bundle, not_a_zip_bundle, bad_input_spec, max_drop_out_of_range, truncated_calibration,
-    input_shape_the_model_rejects,
+    input_shape_the_model_rejects, eval_function_file_missing, eval_function_that_raises_on_import, unknown_metric,
 )}
 
 
