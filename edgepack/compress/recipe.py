@@ -34,8 +34,10 @@ class PassSpec(_Strict):
 class Calibration(_Strict):
     """How activation ranges are calibrated for static quantization."""
 
-    method: Literal["minmax", "percentile", "entropy"] = "minmax"
-    """minmax and percentile on every runtime; entropy (KL) where the runtime offers it (ONNX Runtime)."""
+    method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
+    """minmax and percentile on every runtime; entropy (KL) where the runtime offers it (ONNX Runtime); mse
+    (the range minimising quantization error: :mod:`edgepack.compress.calibration` for ONNX Runtime,
+    NNCF's histogram estimator for OpenVINO)."""
     samples: int = Field(default=128, ge=1)
     percentile: float = Field(default=99.99, gt=0, le=100)
 

@@ -15,7 +15,8 @@ from typing import Any
 from edgepack.compress.quantize import QuantizationPlan
 from edgepack.errors import ExportError
 
-_RANGE_ESTIMATORS = ("minmax", "percentile")
+_RANGE_ESTIMATORS = ("minmax", "percentile", "mse")
+"""mse -> NNCF's HISTOGRAM estimator (PyTorch HistogramObserver's L2-error search)."""
 
 
 def unsupported_reason(plan: QuantizationPlan) -> str | None:
@@ -50,6 +51,8 @@ def _advanced(plan: QuantizationPlan) -> Any:
             min=StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MIN, quantile_outlier_prob=outlier),
             max=StatisticsCollectorParameters(StatisticsType.QUANTILE, AggregatorType.MAX, quantile_outlier_prob=outlier),
         )
+    elif plan.recipe.calibration.method == "mse":
+        estimator = RangeEstimatorParametersSet.HISTOGRAM
     else:
         estimator = RangeEstimatorParametersSet.MINMAX
     return AdvancedQuantizationParameters(activations_range_estimator_params=estimator)

@@ -8,6 +8,7 @@ the speed of fp32; this layout ran at 1.3-1.8x (FIELD-NOTES). Without VNNI, weig
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,9 @@ import numpy as np
 
 from edgepack.compress.quantize import QuantizationPlan, has_vnni
 
-_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MinMax"}
+"""edgepack method -> ONNX Runtime CalibrationMethod (mse: ranges from :mod:`edgepack.compress.calibration`,
+handed to ORT as per-tensor overrides on top of a min-max pass)."""
 
 
 class _Reader:
@@ -84,6 +87,29 @@ def _quiet_root_logger() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def _mse_overrides(model: Path, plan: QuantizationPlan, symmetric: bool) -> dict[str, list[dict[str, object]]]:
+    """Per-activation ``rmin``/``rmax`` minimising the quantization MSE, from histograms of the calibration data."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from edgepack.compress.calibration import mse_range
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-mse-") as scratch:
+        calibrator = create_calibrator(model, None, augmented_model_path=str(Path(scratch) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.Percentile,
+                                       extra_options={"symmetric": True, "num_bins": 2048})
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress; stdout belongs to the CLI (--json)
+            calibrator.collect_data(_Reader(plan))
+        histograms = dict(calibrator.collector.histogram_dict)
+    overrides: dict[str, list[dict[str, object]]] = {}
+    for tensor, (hist, edges, minimum, maximum) in histograms.items():
+        low, high = mse_range(hist, edges, float(minimum), float(maximum), symmetric=symmetric)
+        if high > low:
+            overrides[tensor] = [{"rmin": np.float32(low), "rmax": np.float32(high)}]
+    return overrides
+
+
 def _int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -108,7 +134,9 @@ def _int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
         return {"mode": "dynamic", "weights": "int8", "per_channel": q.per_channel, "reduce_range": reduce_range,
                 "excluded_nodes": excluded}
     method = plan.recipe.calibration.method
-    extra = {"CalibPercentile": plan.recipe.calibration.percentile} if method == "percentile" else {}
+    extra: dict[str, object] = {"CalibPercentile": plan.recipe.calibration.percentile} if method == "percentile" else {}
+    if method == "mse":
+        extra["TensorQuantOverrides"] = _mse_overrides(prepared, plan, q.symmetric_activations)
     activation_type = QuantType.QInt8 if q.symmetric_activations else QuantType.QUInt8
     quantize_static(
         str(prepared), str(dst), _Reader(plan), quant_format=QuantFormat.QDQ, per_channel=q.per_channel,
