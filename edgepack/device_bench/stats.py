@@ -51,6 +51,11 @@ class LatencyStats:
     outliers: int
     outlier_policy: str = OUTLIER_POLICY
 
+    def result_fields(self) -> dict[str, object]:
+        """The :class:`~edgepack.device_bench.config.BenchResult` fields these statistics fill."""
+        return {name: getattr(self, name) for name in (
+            "p50", "p90", "p95", "p99", "mean", "std", "min", "max", "ci95_p50", "ci95_p99", "outliers", "outlier_policy")}
+
 
 @dataclass(frozen=True)
 class Warmup:

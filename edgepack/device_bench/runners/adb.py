@@ -40,7 +40,7 @@ from typing import Any
 
 from edgepack.device_bench.config import BenchConfig, BenchResult
 from edgepack.device_bench.energy import EnergyReading
-from edgepack.device_bench.runners.base import Runner, RunnerError, split_uri
+from edgepack.device_bench.runners.base import Runner, RunnerError, remote_cleanup_note, split_uri
 from edgepack.errors import InputError, UnsupportedError
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import TensorSpec
@@ -654,13 +654,7 @@ class AdbRunner(Runner):
 
     def _cleanup(self, remote: str) -> str:
         """Remove the remote temp dir; returns a note (never raises, so the run's own error wins)."""
-        try:
-            done = self._shell(["rm", "-rf", remote], "removing the remote temp dir")
-        except (RunnerError, UnsupportedError) as exc:
-            return f"remote temp dir {remote} could not be removed: {exc}"
-        if done.returncode != 0:
-            return f"remote temp dir {remote} could not be removed: {done.stderr.strip()[:200]}"
-        return f"remote temp dir {remote} removed"
+        return remote_cleanup_note(remote, lambda: self._shell(["rm", "-rf", remote], "removing the remote temp dir"))
 
     def run(
         self, artifact: Artifact, config: BenchConfig, *, inputs: Sequence[TensorSpec] | None = None

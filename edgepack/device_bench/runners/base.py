@@ -11,8 +11,9 @@ with paths relative to a root directory, plus the input specs to feed: see :func
 
 from __future__ import annotations
 
+import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar
@@ -201,3 +202,15 @@ def job_from_dict(data: Mapping[str, Any], root: Path) -> tuple[Artifact, tuple[
         return artifact, tuple(spec_from_dict(s) for s in data["inputs"])
     except KeyError as exc:
         raise BundleError(f"{root}: job description lacks {exc}") from None
+
+
+def remote_cleanup_note(remote: str, remove: "Callable[[], subprocess.CompletedProcess[str]]") -> str:
+    """Run ``remove`` (deleting a runner's remote temp dir) and describe the outcome as a note; never raises,
+    so the run's own error (if any) is the one reported."""
+    try:
+        done = remove()
+    except EdgepackError as exc:
+        return f"remote temp dir {remote} could not be removed: {exc}"
+    if done.returncode != 0:
+        return f"remote temp dir {remote} could not be removed: {done.stderr.strip()[:200]}"
+    return f"remote temp dir {remote} removed"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgepack import errors
 from edgepack.device_bench.config import BenchConfig, BenchResult
-from edgepack.device_bench.runners.base import JOB_FILE, Runner, RunnerError, job_to_dict, split_uri
+from edgepack.device_bench.runners.base import JOB_FILE, Runner, RunnerError, job_to_dict, remote_cleanup_note, split_uri
 from edgepack.errors import EdgepackError, InputError, UnsupportedError
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import TensorSpec
@@ -235,13 +235,7 @@ class SshRunner(Runner):
 
     def _cleanup(self, remote: str) -> str:
         """Remove the remote temp dir; returns a note (never raises, so the run's own error wins)."""
-        try:
-            done = self._ssh(f"rm -rf -- {shlex.quote(remote)}", "removing the remote temp dir")
-        except EdgepackError as exc:
-            return f"remote temp dir {remote} could not be removed: {exc}"
-        if done.returncode != 0:
-            return f"remote temp dir {remote} could not be removed: {done.stderr.strip()[:200]}"
-        return f"remote temp dir {remote} removed"
+        return remote_cleanup_note(remote, lambda: self._ssh(f"rm -rf -- {shlex.quote(remote)}", "removing the remote temp dir"))
 
     def run(
         self, artifact: Artifact, config: BenchConfig, *, inputs: Sequence[TensorSpec] | None = None
