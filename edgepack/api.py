@@ -1,4 +1,4 @@
-"""The public Python API: :func:`export` and :func:`verify`.
+"""The public Python API: :func:`export`, :func:`check`, :func:`search` and :func:`verify`.
 
 Everything is validated before anything is written; per-target failures are recorded in the bundle
 and do not stop the other targets.
@@ -428,6 +428,14 @@ def check(
         return placement_for(profile, None, artifact.path, artifact.format, hub)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def search(source: str | ModelSource, target: str, **options: Any) -> Any:
+    """Hardware-in-the-loop recipe search (measured accuracy x latency x size Pareto front); see
+    :func:`edgepack.search.engine.search` for the options."""
+    from edgepack.search.engine import search as run_search
+
+    return run_search(source, target, **options)
 
 
 def verify(bundle: str | Path, *, public_key: str | Path | None = None) -> VerifyResult:
