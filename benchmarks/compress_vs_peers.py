@@ -46,7 +46,9 @@ MODELS = {
     "mobilenet_v2": "torchvision:mobilenet_v2",
     "mobilenet_v3_small": "torchvision:mobilenet_v3_small",
 }
-TARGETS = {"ort": "host-ort", "openvino": "x86-openvino"}
+TARGETS = {"ort": "host-ort", "openvino": "x86-openvino", "tflite": "android-pixel8"}
+BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int8-dynamic": 8, "uint8": 8, "a16w8": 8, "int4-weight": 4}
+"""Weight bits of a shipped precision, for the size target (mixed precisions are not checked)."""
 
 
 @dataclass
@@ -58,6 +60,26 @@ class Row:
     size_bytes: int
     quality: str
     ratio: float = 1.0
+    size_limit: int | None = None
+    """1.05 x params x bits / 8 + 64 KiB (issue target), when the weight bits are known."""
+
+    def size_check(self) -> str:
+        if self.size_limit is None:
+            return "n/a"
+        return f"{'ok' if self.size_bytes <= self.size_limit else 'OVER'} (≤ {self.size_limit / 1e6:.2f} MB)"
+
+
+def parameter_count(source: ModelSource) -> int:
+    if source.torch_module is not None:
+        return sum(p.numel() for p in source.torch_module.parameters())
+    import onnx
+
+    model = onnx.load(str(source.onnx_path), load_external_data=False)
+    return sum(int(np.prod(init.dims)) for init in model.graph.initializer)
+
+
+def size_limit(source: ModelSource, bits: int | None) -> int | None:
+    return None if bits is None else int(1.05 * parameter_count(source) * bits / 8 + 64 * 1024)
 
 
 def p50_interleaved(predictors: dict[str, Predictor], inputs: dict[str, np.ndarray], rounds: int = 9, seconds: float = 8.0) -> dict[str, float]:
@@ -120,25 +142,44 @@ def ort_rows(name: str, source: ModelSource, work: Path, calib: Path, evaluation
     peer_path = work / "ort_peer_default.onnx"
     quantize_static(str(fp32_path), str(peer_path), _Reader(calib))
     variants = {
-        "fp32": (OrtPredictor(fp32_path), fp32_path.stat().st_size),
-        "peer default int8": (OrtPredictor(peer_path), peer_path.stat().st_size),
-        **_edgepack_variants(source, "host-ort", calib, work, OrtPredictor),
+        "fp32": (OrtPredictor(fp32_path), fp32_path.stat().st_size, 32),
+        "peer default int8": (OrtPredictor(peer_path), peer_path.stat().st_size, 8),
+        **_edgepack_variants(source, "host-ort", calib, work, lambda path, artifact: OrtPredictor(path)),
     }
     return _rows(name, "onnxruntime", source, variants, evaluation)
 
 
-def _edgepack_variants(source: ModelSource, target: str, calib: Path, work: Path, make) -> dict:
-    """edgepack's int8 candidate (gate off, to show its speed and fidelity) and what the gate actually ships."""
+EDGEPACK_VARIANTS = (("edgepack int8 candidate", {"recipe_chain": ["int8"], "max_drop": 1.0, "max_slowdown": 1.0}),
+                     ("edgepack shipped", {}))
+
+
+def _edgepack_variants(source: ModelSource, target: str, calib: Path, work: Path, make, variants=EDGEPACK_VARIANTS) -> dict:
+    """edgepack's int8 candidate (gate off, to show its speed and fidelity) and what the gate actually ships;
+    ``make(path, artifact_entry)`` opens a predictor."""
     out = {}
-    for label, kwargs in (("edgepack int8 candidate", {"recipe_chain": ["int8"], "max_drop": 1.0, "max_slowdown": 1.0}),
-                          ("edgepack shipped", {})):
+    for label, kwargs in variants:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             result = api.export(source, [target], calib=calib, out=work / "bundles" / label.replace(" ", "-"), **kwargs)
         entry = result.manifest["targets"][target]
         if entry["artifact"] is None:
             continue
-        out[f"{label} ({entry['recipe']})"] = (make(result.bundle / entry["artifact"]["path"]), entry["artifact"]["bytes"])
+        artifact = entry["artifact"]
+        name = label if label == "fp32" else f"{label} ({entry['recipe']})"
+        out[name] = (make(result.bundle / artifact["path"], artifact), artifact["bytes"], BITS.get(artifact["precision"]))
     return out
+
+
+def tflite_rows(name: str, source: ModelSource, work: Path, calib: Path, evaluation: Dataset) -> list[Row]:
+    """LiteRT (XNNPACK) on this host: edgepack's fp32, its int8 candidate and what it ships for Android.
+
+    The peers' TFLite int8 default (onnx2tf -oiqt) is the same converter edgepack drives, so its row is
+    edgepack's int8 candidate; onnx2tf's own default downloads sample images, which edgepack never lets it."""
+    from edgepack.exporters.tflite_io import TflitePredictor
+
+    variants = (("fp32", {"recipe_chain": ["fp32"]}),) + EDGEPACK_VARIANTS
+    made = _edgepack_variants(source, "android-pixel8", calib, work,
+                              lambda path, artifact: TflitePredictor(path, artifact["settings"]), variants)
+    return _rows(name, "tflite", source, made, evaluation)
 
 
 def openvino_rows(name: str, source: ModelSource, work: Path, calib: Path, evaluation: Dataset) -> list[Row]:
@@ -155,9 +196,9 @@ def openvino_rows(name: str, source: ModelSource, work: Path, calib: Path, evalu
         ov.save_model(nncf.quantize(ov.convert_model(str(hub)), nncf.Dataset(batches)), str(peer_xml))
     size = lambda xml: xml.stat().st_size + xml.with_suffix(".bin").stat().st_size  # noqa: E731
     variants = {
-        "fp32": (OpenVinoPredictor(fp32_xml), size(fp32_xml)),
-        "peer NNCF default": (OpenVinoPredictor(peer_xml), size(peer_xml)),
-        **_edgepack_variants(source, "x86-openvino", calib, work, OpenVinoPredictor),
+        "fp32": (OpenVinoPredictor(fp32_xml), size(fp32_xml), 32),
+        "peer NNCF default": (OpenVinoPredictor(peer_xml), size(peer_xml), 8),
+        **_edgepack_variants(source, "x86-openvino", calib, work, lambda path, artifact: OpenVinoPredictor(path)),
     }
     return _rows(name, "openvino", source, variants, evaluation)
 
@@ -166,7 +207,8 @@ def _rows(name: str, runtime: str, source: ModelSource, variants: dict, evaluati
     predictors = {k: v[0] for k, v in variants.items()}
     reference = predictors["fp32"]
     p50 = p50_interleaved(predictors, evaluation.batch(0))
-    rows = [Row(name, runtime, k, p50[k], variants[k][1], _quality(source, predictors[k], reference, evaluation)) for k in predictors]
+    rows = [Row(name, runtime, k, p50[k], variants[k][1], _quality(source, predictors[k], reference, evaluation),
+                size_limit=size_limit(source, variants[k][2])) for k in predictors]
     for row in rows:
         row.ratio = p50["fp32"] / row.p50_ms
     return rows
@@ -200,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     isa = "AVX-512 VNNI" if {"avx512_vnni"} & cpu_flags() else ("AVX-VNNI" if "avx_vnni" in cpu_flags() else "AVX2, no VNNI")
     print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {isa} · batch 1, 2 threads")
-    print(f"| model | runtime | variant | p50 ms | × fp32 | size | accuracy / fidelity |\n|---|---|---|---|---|---|---|")
+    print(f"| model | runtime | variant | p50 ms | × fp32 | size | size target | accuracy / fidelity |\n|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         source = load_source(MODELS[name])
         if source.kind != "demo":
@@ -209,10 +251,10 @@ def main() -> None:
             work = Path(tmp)
             calib, evaluation = _data(source, work)
             for runtime in args.runtimes.split(","):
-                builder = {"ort": ort_rows, "openvino": openvino_rows}[runtime]
+                builder = {"ort": ort_rows, "openvino": openvino_rows, "tflite": tflite_rows}[runtime]
                 for row in builder(name, source, work, calib, evaluation):
                     print(f"| {row.model} | {row.runtime} | {row.variant} | {row.p50_ms:.3f} | {row.ratio:.2f}× | "
-                          f"{row.size_bytes / 1e6:.2f} MB | {row.quality} |", flush=True)
+                          f"{row.size_bytes / 1e6:.2f} MB | {row.size_check()} | {row.quality} |", flush=True)
 
 
 if __name__ == "__main__":

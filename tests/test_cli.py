@@ -70,12 +70,15 @@ def test_export_demo_prints_table_and_verifies(tmp_path):
 
 
 def test_export_json_and_partial_failure_exit_code(tmp_path):
-    proc = run("export", "demo:digits", "-t", "host-ort", "-t", "iphone-15-pro", "--out", str(tmp_path), "--json")
+    # --recipe fp32 replaces every chain: host-ort exports it, the Edge TPU (full-integer only) refuses it
+    proc = run("export", "demo:digits", "-t", "host-ort", "-t", "coral-edgetpu", "--recipe", "fp32",
+               "--out", str(tmp_path), "--json")
     assert proc.returncode == 1
     data = json.loads(proc.stdout)
     assert data["ok"] is False
     assert data["manifest"]["targets"]["host-ort"]["status"] == "ok"
-    assert data["manifest"]["targets"]["iphone-15-pro"]["status"] == "unsupported"
+    coral = data["manifest"]["targets"]["coral-edgetpu"]
+    assert coral["status"] == "failed" and "full-integer" in coral["error"]
 
 
 def test_verify_detects_a_flipped_byte(tmp_path):

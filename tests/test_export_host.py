@@ -115,10 +115,15 @@ def test_recipe_chain_falls_back_when_parity_fails(tmp_path, registry, recipes):
     assert entry["recipe"] == "fp32"
 
 
-def test_unsupported_runtime_fails_only_that_target(tmp_path):
-    result = api.export("demo:digits", ["host-ort", "iphone-15-pro"], out=tmp_path)
+def test_unsupported_runtime_fails_only_that_target(tmp_path, registry):
+    from edgepack.targets.registry import Registry
+
+    # a profile naming a runtime no installed exporter provides (every shipped profile's runtime has one)
+    future = registry.get("host-ort").model_copy(update={"id": "future-npu", "runtime": "future-npu-sdk"})
+    targets = Registry({"host-ort": registry.get("host-ort"), "future-npu": future})
+    result = api.export("demo:digits", ["host-ort", "future-npu"], out=tmp_path, registry=targets)
     assert not result.ok
     statuses = {r.profile.id: r.status for r in result.results}
-    assert statuses == {"host-ort": "ok", "iphone-15-pro": "unsupported"}
-    assert "not yet supported" in result.manifest["targets"]["iphone-15-pro"]["error"]
+    assert statuses == {"host-ort": "ok", "future-npu": "unsupported"}
+    assert "runtime 'future-npu-sdk' is not yet supported" in result.manifest["targets"]["future-npu"]["error"]
     verify_bundle(result.bundle)

@@ -251,11 +251,19 @@ def _onnx_file(artifact_path: Path, artifact_format: str, hub: Path | None) -> P
     return artifact_path if artifact_format == "onnx" else hub
 
 
+def mil_graph_ops(path: Path) -> list[GraphOp]:
+    """The ops of a Core ML ``.mlpackage``'s MIL program (read by :mod:`edgepack.exporters.coreml_ane`)."""
+    from edgepack.exporters.coreml_ane import mil_graph_ops as read
+
+    return read(path)
+
+
 GRAPH_READERS = {
     "onnx": lambda path, fmt, hub: (onnx_graph_ops, _onnx_file(path, fmt, hub)),
     "tflite": lambda path, fmt, hub: (tflite_graph_ops, path if fmt.startswith("tflite") else None),
+    "mil": lambda path, fmt, hub: (mil_graph_ops, path if fmt == "mlpackage" else None),
 }
-"""vocabulary -> (reader, file to read) for an artifact; MIL (Core ML) arrives with the Core ML exporter."""
+"""vocabulary -> (reader, file to read) for an artifact."""
 
 
 def placement_for(

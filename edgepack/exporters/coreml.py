@@ -1,0 +1,202 @@
+"""Core ML exporter (iphone-15-pro, mac-apple-silicon): an mlprogram ``.mlpackage`` for the profile's minimum OS.
+
+Conversion (``coreml_convert``): ``torch.jit.trace`` then ``torch.export``, fp16 compute (fp32 for the fp32
+recipe), float32 model I/O, the deployment target from the profile's ``ios``/``macos`` toolchain pin.
+Compression (``coreml_compress``): palettization, sparsity and int8 weights with ``coremltools.optimize.coreml``;
+W8A8 (``coreml_w8a8``): int8 activations calibrated on the user's data, iOS 17 / macOS 14 and later.
+
+Core ML ``predict`` exists only on macOS/iOS, so nothing is run here: the predictor is :class:`NotRunnable`
+and the manifest states that parity and accuracy are not measurable on this host. The artifact is
+``model.mlpackage`` (a directory: the artifact's ``path``, hashed over its files) plus ``coreml.json`` beside
+it with the spec's hash and the static check's findings. The artifact is checked statically (``coreml_ane``):
+the spec loads with coremltools, its I/O names match the source, its opset is the deployment target's, and the
+requested compression shows up as constexpr (or activation quantize) ops in the MIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgepack.compress.recipe import Recipe
+from edgepack.data.dataset import Dataset
+from edgepack.errors import ExportError, ProfileError, UnsupportedError
+from edgepack.exporters.base import Artifact, Exporter, NotRunnable, Predictor
+from edgepack.exporters.coreml_ane import DESCRIPTOR, PACKAGE, compute_plan_counts, import_coremltools, spec_path
+from edgepack.hashing import file_sha256
+from edgepack.models.source import ModelSource, TensorSpec
+from edgepack.targets.schema import TargetProfile
+
+COMPUTE_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "fp16", "int8": "fp16"}
+"""Recipe precision -> Core ML float compute precision: weight-only int8 is decompressed to fp16; W8A8 (int8)
+wraps int8 activations in quantize/dequantize pairs around fp16 ops (conv/linear/matmul get int8-int8 compute on
+A17 Pro / M4 Neural Engines)."""
+W8A8_MINIMUM_IOS = 17
+OS_PINS = {"ios": ("iOS", 0), "macos": ("macOS", 3)}
+"""Profile toolchain key -> (coremltools target prefix, offset to the iOS version of the same opset)."""
+NOT_RUNNABLE = ("Core ML predict runs only on macOS/iOS: parity and accuracy are not measurable here "
+                "(the artifact was checked statically with coremltools)")
+
+
+def deployment_target(profile: TargetProfile) -> tuple[Any, str, int]:
+    """``(coremltools.target member, its name, iOS-equivalent major)`` from the profile's ``ios``/``macos`` pin."""
+    ct = import_coremltools()
+    from packaging.specifiers import SpecifierSet
+
+    for key, (prefix, offset) in OS_PINS.items():
+        pin = profile.toolchain.get(key)
+        if pin is None:
+            continue
+        lower = [s.version for s in SpecifierSet(pin) if s.operator in (">=", "==", "~=")]
+        if not lower:
+            break
+        major = int(lower[0].split(".")[0])
+        name = f"{prefix}{major}"
+        if not hasattr(ct.target, name):
+            raise ProfileError(f"{profile.id}: toolchain.{key} = {pin!r}: coremltools has no deployment target {name}")
+        return getattr(ct.target, name), name, major + offset
+    raise ProfileError(
+        f"{profile.id}: a Core ML profile needs a toolchain pin 'ios' or 'macos' (e.g. ios = \">=17.0\")")
+
+
+def _static_check(package: Path, source: ModelSource, opset_major: int, planned: list[str]) -> dict[str, Any]:
+    """Load the spec with coremltools and check I/O, opset and compression; raise ExportError on a mismatch."""
+    ct = import_coremltools()
+
+    from edgepack.exporters.coreml_ane import compression_ops, deployment_opset, io_description
+
+    ct.models.MLModel(str(package), skip_model_load=True)
+    io = io_description(package)
+    for kind, specs in (("inputs", source.inputs), ("outputs", source.outputs)):
+        names = [entry["name"] for entry in io[kind]]
+        if names != [spec.name for spec in specs]:
+            raise ExportError(f"Core ML {kind} {names} do not match the source's {[s.name for s in specs]}")
+        for entry, spec in zip(io[kind], specs):
+            dtype = "float32" if spec.dtype.startswith("float") else "int32"
+            if entry["dtype"] != dtype:
+                raise ExportError(f"Core ML {kind[:-1]} {spec.name} is {entry['dtype']}, expected {dtype}")
+            if kind == "inputs" and entry["shape"] != list(spec.concrete_shape(1)):
+                raise ExportError(f"Core ML input {spec.name} has shape {entry['shape']}, "
+                                  f"expected {list(spec.concrete_shape(1))}")
+    opset = deployment_opset(package)
+    if opset != f"CoreML{opset_major - 10}":
+        raise ExportError(f"Core ML program opset {opset} is not the deployment target's (iOS {opset_major})")
+    compressed = compression_ops(package)
+    expected = {"palettize": "palettized", "prune": "sparse", "linear_int8": "linear_quantized",
+                "w8a8": "activation_quantized"}
+    missing = [name for name in planned if not compressed.get(expected[name])]
+    if missing:
+        raise ExportError(f"Core ML compression {missing} was requested but left no constexpr ops in the program")
+    return {"io": io, "opset": opset, "compression_ops": compressed, "static_check": "passed"}
+
+
+def package_sha256(package: Path) -> str:
+    """One hash for a package directory: SHA-256 over its files' relative paths and SHA-256s, in path order."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in package.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(package).as_posix()}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PackageArtifact(Artifact):
+    """An artifact whose main ``path`` is a directory (the ``.mlpackage``); hashed with :func:`package_sha256`."""
+
+    def sha256(self) -> str:
+        return package_sha256(self.path)
+
+
+def _artifact_specs(specs: list[TensorSpec], dynamic: bool) -> tuple[TensorSpec, ...]:
+    """I/O as the artifact sees them: integer inputs are int32 in Core ML; symbolic dims stay when flexible."""
+    out = []
+    for spec in specs:
+        spec = spec if dynamic else spec.with_static_shape()
+        if spec.dtype == "int64":
+            spec = TensorSpec(spec.name, spec.shape, "int32", spec.layout, spec.preprocess, spec.quant)
+        out.append(spec)
+    return tuple(out)
+
+
+class CoreMlExporter(Exporter):
+    """iphone-15-pro / mac-apple-silicon: Core ML mlprogram, compressed with coremltools.optimize."""
+
+    runtime = "coreml"
+    distributions: ClassVar[tuple[str, ...]] = ("coremltools", "torch")
+
+    def supports(self, recipe: Recipe) -> str | None:
+        quantization = recipe.quantization
+        if recipe.precision == "int8" and (quantization.io != "float" or quantization.activations != "int8"):
+            return "Core ML W8A8 keeps float model I/O and int8 activations (no integer I/O, no int16 activations)"
+        if recipe.precision == "int8" and recipe.exclude:
+            return "Core ML W8A8 quantizes every activation; per-layer exclusions are not implemented"
+        if recipe.precision not in COMPUTE_PRECISION:
+            return f"precision '{recipe.precision}' is not implemented for coreml"
+        return None
+
+    def export(
+        self, source: ModelSource, profile: TargetProfile, recipe: Recipe, calib: Dataset | None, workdir: Path
+    ) -> Artifact:
+        reason = self.supports(recipe)
+        if reason:
+            raise UnsupportedError(reason)
+        from edgepack.exporters.coreml_compress import compress, plan_compression
+        from edgepack.exporters.coreml_convert import convert
+
+        target, target_name, ios_major = deployment_target(profile)
+        steps = plan_compression(recipe)
+        too_new = [f"{s.name} needs iOS {s.minimum_ios}" for s in steps if s.minimum_ios > ios_major]
+        if recipe.precision == "int8" and ios_major < W8A8_MINIMUM_IOS:
+            too_new.append(f"W8A8 needs iOS {W8A8_MINIMUM_IOS}")
+        if too_new:
+            raise UnsupportedError(f"{', '.join(too_new)}; {profile.id}'s minimum deployment target is {target_name}")
+        compute = COMPUTE_PRECISION[recipe.precision]
+        converted = convert(source, target, fp16=compute == "fp16", dynamic=profile.dynamic_shapes)
+        model, compression = compress(converted.model, steps)
+        planned = [s.name for s in steps]
+        if recipe.precision == "int8":
+            from edgepack.compress.quantize import plan
+            from edgepack.exporters.coreml_w8a8 import quantize_w8a8
+
+            quantization = plan(recipe, calib)
+            model = quantize_w8a8(model, quantization.calibration_batches())
+            planned += ["w8a8", "linear_int8"]
+            compression |= {"activations": "int8 symmetric per tensor, ranges calibrated on the calibration data "
+                                           "(MIL program evaluated with torch ops)",
+                            "weights": "int8 linear, symmetric, per output channel",
+                            "calibration_samples": recipe.calibration.samples}
+        workdir.mkdir(parents=True, exist_ok=True)
+        package = workdir / PACKAGE
+        staging = workdir / ".staging" / package.name
+        shutil.rmtree(staging.parent, ignore_errors=True)
+        shutil.rmtree(package, ignore_errors=True)
+        model.save(str(staging))
+        staging.rename(package)
+        staging.parent.rmdir()
+        checks = _static_check(package, source, ios_major, planned)
+        plan = compute_plan_counts(package)
+        settings: dict[str, Any] = {
+            "deployment_target": target_name, "compute_precision": compute,
+            "model_io": "float32 (int32 for integer inputs)",
+            "conversion_failures": list(converted.failures), **compression, **checks,
+            "compute_plan": plan if plan is not None else "not available (MLComputePlan needs macOS)",
+            "predict": "macOS/iOS only",
+        }
+        descriptor = workdir / DESCRIPTOR
+        descriptor.write_text(json.dumps({"package": PACKAGE, "spec_sha256": file_sha256(spec_path(package)),
+                                          "recipe": recipe.name, **settings}, indent=2, sort_keys=True) + "\n")
+        files = (descriptor, *sorted(p for p in package.rglob("*") if p.is_file()))
+        return PackageArtifact(
+            target_id=profile.id, runtime=self.runtime, path=package, files=files, format="mlpackage",
+            precision=compute, recipe=recipe.name, inputs=_artifact_specs(source.inputs, converted.dynamic),
+            outputs=_artifact_specs(source.outputs, converted.dynamic), toolchain=self.toolchain().versions,
+            converter=f"coremltools ({converted.converter})", settings=settings,
+            notes=(f"Core ML mlprogram for {target_name}+; open model.mlpackage in Xcode or load it with "
+                   "MLModel(contentsOf:) on the device. Parity and accuracy were not measured (no Core ML here).",),
+        )
+
+    def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
+        return NotRunnable(NOT_RUNNABLE)
