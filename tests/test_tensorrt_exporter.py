@@ -82,3 +82,47 @@ def test_torchvision_models_export_for_jetson(tmp_path, model):
     assert entry["status"] == "ok", entry["error"]
     onnx.checker.check_model(onnx.load(str(result.bundle / entry["artifact"]["path"])))
     assert entry["placement"]["accelerators"][0]["accelerator"] == "gpu"
+
+
+TRTEXEC_LOG = """\
+[10/03/2024-10:47:59] [I] === Device Information ===
+[10/03/2024-10:47:59] [I] Selected Device: Orin
+[10/03/2024-10:47:59] [I] TensorRT version: 10.3.0
+[10/03/2024-10:47:59] [I] === Performance summary ===
+[10/03/2024-10:47:59] [I] Throughput: 130.298 qps
+[10/03/2024-10:47:59] [I] Latency: min = 5.38672 ms, max = 13.3664 ms, mean = 7.60628 ms, median = 7.16092 ms, percentile(90%) = 10.2996 ms, percentile(95%) = 10.8698 ms, percentile(99%) = 12.9675 ms
+[10/03/2024-10:47:59] [I] GPU Compute Time: min = 5.34595 ms, max = 13.3388 ms, mean = 7.58404 ms, median = 7.14139 ms, percentile(90%) = 10.2881 ms, percentile(95%) = 10.8175 ms, percentile(99%) = 12.9485 ms
+"""
+
+
+def test_trtexec_performance_summary_is_parsed():
+    from edgepack.exporters.tensorrt_engine import parse_trtexec_log
+
+    summary = parse_trtexec_log(TRTEXEC_LOG)
+    assert summary["throughput_qps"] == 130.298 and summary["device"] == "Orin" and summary["tensorrt"] == "10.3.0"
+    assert summary["latency_ms"] == {"min": 5.38672, "max": 13.3664, "mean": 7.60628, "median": 7.16092,
+                                     "p90": 10.2996, "p95": 10.8698, "p99": 12.9675}
+    assert summary["gpu_compute_time_ms"]["median"] == 7.14139
+
+
+def test_engine_is_built_and_timed_only_where_trtexec_and_a_gpu_exist(tmp_path, jetson_bundle):
+    from edgepack.exporters.tensorrt_engine import build_and_time, find_trtexec, gpu_present
+
+    recorded = jetson_bundle.manifest["targets"]["jetson-orin"]["artifact"]["settings"]["engine_build"]
+    if find_trtexec() is None or not gpu_present():
+        assert recorded["built_here"] is False and recorded["reason"].startswith("not measurable here")
+    # The build path itself, with a stand-in trtexec that prints trtexec's log format and records its argv.
+    fake = tmp_path / "trtexec"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > argv.txt\ntouch model.engine\ncat <<'LOG'\n{TRTEXEC_LOG}LOG\n")
+    fake.chmod(0o755)
+    command = ["trtexec", "--onnx=model.onnx", "--int8", "--useDLACore=0", "--allowGPUFallback", "--saveEngine=model.engine"]
+    off_target = build_and_time(tmp_path, command, trtexec=str(fake), gpu=True, jetson=False)
+    assert off_target["built_here"] and not off_target["on_target"] and "indicative" in off_target["note"]
+    assert "--useDLACore" not in (tmp_path / "argv.txt").read_text() and not (tmp_path / "model.engine").exists()
+    assert off_target["latency_ms"]["median"] == 7.16092
+    on_target = build_and_time(tmp_path, command, trtexec=str(fake), gpu=True, jetson=True)
+    assert on_target["on_target"] and "--useDLACore=0 --allowGPUFallback" in (tmp_path / "argv.txt").read_text()
+    assert build_and_time(tmp_path, command, trtexec=str(fake), gpu=False)["reason"] == "not measurable here: no NVIDIA GPU on this host"
+    fake.write_text("#!/bin/sh\necho 'Error: cuda initialization failure' >&2\nexit 1\n")
+    failed = build_and_time(tmp_path, command, trtexec=str(fake), gpu=True, jetson=False)
+    assert failed["built_here"] is False and "cuda initialization failure" in failed["reason"]

@@ -4,9 +4,10 @@ Engines are device-, TensorRT- and JetPack-specific, so they are never shipped: 
 (fp32 for ``--fp16`` builds, or explicit-quantization QDQ for int8: symmetric int8, per-channel weights,
 per-tensor activations, Q/DQ placed by ONNX Runtime's quantizer with TensorRT-compatible settings), a
 TensorRT calibration cache with the same activation ranges (for implicit-quantization builds), the exact
-``trtexec`` command with the profile's flags and a build script. Where ``tensorrt`` imports and an NVIDIA GPU
-is present the engine could be built here; on other hosts numerics are checked on ONNX Runtime CPU as a proxy
-(accuracy and parity of the same graph, never latency).
+``trtexec`` command with the profile's flags and a build script. Where ``trtexec`` and an NVIDIA GPU are present
+the engine is built and timed here (:mod:`edgepack.exporters.tensorrt_engine`; recorded as
+``settings["engine_build"]``, the engine itself is discarded); numerics are checked on ONNX Runtime CPU as a
+proxy (accuracy and parity of the same graph, never latency).
 """
 
 from __future__ import annotations
@@ -187,6 +188,9 @@ class TensorRtExporter(Exporter):
         script.write_text(_build_script(command, pin))
         script.chmod(0o755)
         files.append(script)
+        from edgepack.exporters.tensorrt_engine import build_and_time
+
+        settings["engine_build"] = build_and_time(workdir, command)
         settings |= {"trtexec": shlex.join(command), "tensorrt": pin, "engine": "built on device (not portable)",
                      "dla": dla, "sparsity": _sparse(source)}
         return Artifact(
