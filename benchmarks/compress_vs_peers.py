@@ -36,7 +36,7 @@ from edgepack.exporters.onnx import export_onnx
 from edgepack.exporters.openvino import OpenVinoPredictor
 from edgepack.exporters.ort import OrtPredictor
 from edgepack.models.loaders import load_source
-from edgepack.models.sample import example_dataset_arrays
+from edgepack.models.sample import example_dataset_arrays, recalibrate_batchnorm
 from edgepack.models.source import ModelSource
 
 MODELS = {
@@ -212,27 +212,6 @@ def _rows(name: str, runtime: str, source: ModelSource, variants: dict, evaluati
     for row in rows:
         row.ratio = p50["fp32"] / row.p50_ms
     return rows
-
-
-def recalibrate_batchnorm(source: ModelSource, batches: int = 16) -> ModelSource:
-    """Give a random-init model non-degenerate activations: BatchNorm running statistics from random inputs.
-
-    Random-init torchvision MobileNets otherwise produce near-constant, tiny outputs (FIELD-NOTES), which makes
-    any fidelity number meaningless and lets an int8 artifact that outputs zeros look "equal".
-    """
-    module = source.torch_module
-    if module is None or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
-        return source
-    from edgepack.hashing import module_sha256
-
-    module.train()
-    with torch.no_grad():
-        for index in range(batches):
-            arrays = example_dataset_arrays(source.inputs, 4, seed=500 + index)
-            module(*(torch.from_numpy(arrays[s.name]) for s in source.inputs))
-    module.eval()
-    source.sha256 = module_sha256(module)
-    return source
 
 
 def main() -> None:
