@@ -355,7 +355,7 @@ def test_cli_package(digits_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_mobilenet_v2_all_platforms(tmp_path, one_torch_thread):
-    bundle = api.export("torchvision:mobilenet_v2", ["host-ort", "android-pixel8"], out=tmp_path / "b").bundle
+    bundle = api.export("torchvision:mobilenet_v2", ["host-ort", "android-pixel8", "iphone-15-pro"], out=tmp_path / "b").bundle
     manifest = read_manifest(bundle)
     spec = manifest["source"]["inputs"][0]
     pre = spec["preprocess"]
@@ -380,6 +380,13 @@ def test_mobilenet_v2_all_platforms(tmp_path, one_torch_thread):
     assert f"_MEAN = floatArrayOf({', '.join(literal(v) + 'f' for v in pre['mean'])})" in kotlin
     assert f"_STD = floatArrayOf({', '.join(literal(v) + 'f' for v in pre['std'])})" in kotlin
     assert "% 3" in kotlin  # per-channel preprocessing index (NHWC: channel is the last axis)
+    coreml = manifest["targets"]["iphone-15-pro"]
+    assert coreml["status"] == "ok", coreml["error"]
+    package_bundle(bundle, "ios", tmp_path / "ios")
+    swift = next((tmp_path / "ios").rglob("*Runner.swift")).read_text()
+    ios_input = coreml["artifact"]["inputs"][0]
+    assert f'features["{ios_input["name"]}"]' in swift and "configuration.computeUnits = computeUnits" in swift
+    assert all(literal(v) in swift for v in pre["mean"]) and all(literal(v) in swift for v in pre["std"])
 
 
 def test_snippets_for_each_language_with_an_artifact(digits_bundle, tmp_path):
@@ -406,14 +413,9 @@ def test_snippets_for_each_language_with_an_artifact(digits_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_ios_package_from_real_coreml_export(tmp_path, one_torch_thread):
-    from edgepack.exporters.registry import available_runtimes
-
-    if "coreml" not in available_runtimes():
-        pytest.skip("no Core ML exporter registered in this build")
     bundle = api.export("demo:digits", ["iphone-15-pro"], out=tmp_path / "b").bundle
     entry = read_manifest(bundle)["targets"]["iphone-15-pro"]
-    if entry["status"] != "ok":
-        pytest.skip(f"Core ML export failed here: {entry['error']}")
+    assert entry["status"] == "ok", entry["error"]
     package_bundle(bundle, "ios", tmp_path / "ios")
     resources = tmp_path / "ios/Sources/DigitsCnn/Resources"
     mlpackage = [f for f in entry["artifact"]["files"] if "/model.mlpackage/" in f]
