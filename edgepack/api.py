@@ -219,7 +219,8 @@ def export(
                 hit = export_cache.get(key) if export_cache and key else None
                 if hit is not None:
                     progress(profile.id, "cached")
-                    entries[profile.id], cached = hit.entry, [*cached, profile.id]
+                    entries[profile.id] = hit.entry
+                    cached.append(profile.id)
                     files.update(hit.files)
                     continue
                 result = run_target(model, profile, recipes, calib_data, evaluation, scratch / profile.id, progress, training)
