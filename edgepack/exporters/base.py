@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgepack.compress.recipe import Recipe
+from edgepack.errors import UnsupportedError
 from edgepack.data.dataset import Dataset
 from edgepack.hashing import file_sha256
 from edgepack.models.source import ModelSource, TensorSpec
@@ -123,6 +124,12 @@ class Exporter(ABC):
     def supports(self, recipe: Recipe) -> str | None:
         """``None`` when this exporter can apply ``recipe``, else the reason it cannot."""
         return None
+
+    def require_support(self, recipe: Recipe) -> None:
+        """Raise :class:`~edgepack.errors.UnsupportedError` with :meth:`supports`' reason when it refuses ``recipe``."""
+        reason = self.supports(recipe)
+        if reason is not None:
+            raise UnsupportedError(reason)
 
     @abstractmethod
     def export(

@@ -140,9 +140,7 @@ class CoreMlExporter(Exporter):
     def export(
         self, source: ModelSource, profile: TargetProfile, recipe: Recipe, calib: Dataset | None, workdir: Path
     ) -> Artifact:
-        reason = self.supports(recipe)
-        if reason:
-            raise UnsupportedError(reason)
+        self.require_support(recipe)
         from edgepack.exporters.coreml_compress import compress, plan_compression
         from edgepack.exporters.coreml_convert import convert
 

@@ -10,7 +10,6 @@ from typing import ClassVar
 from edgepack.compress.quantize import QuantizationPlan, plan
 from edgepack.compress.recipe import Recipe
 from edgepack.data.dataset import Dataset
-from edgepack.errors import UnsupportedError
 from edgepack.exporters.base import Artifact, Exporter
 from edgepack.exporters.onnx import export_onnx, is_prequantized
 from edgepack.models.source import ModelSource
@@ -46,9 +45,7 @@ class OnnxHubExporter(Exporter):
     def export(
         self, source: ModelSource, profile: TargetProfile, recipe: Recipe, calib: Dataset | None, workdir: Path
     ) -> Artifact:
-        reason = self.supports(recipe)
-        if reason:
-            raise UnsupportedError(reason)
+        self.require_support(recipe)
         dynamic = profile.dynamic_shapes
         hub = export_onnx(source, workdir.parent / "_onnx", dynamic=dynamic)
         workdir.mkdir(parents=True, exist_ok=True)

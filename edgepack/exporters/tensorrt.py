@@ -23,7 +23,6 @@ import numpy as np
 from edgepack.compress.quantize import QuantizationPlan, plan
 from edgepack.compress.recipe import Recipe
 from edgepack.data.dataset import Dataset
-from edgepack.errors import UnsupportedError
 from edgepack.exporters.base import Arrays, Artifact, Exporter, NotRunnable, Predictor
 from edgepack.exporters.onnx import export_onnx, is_prequantized
 from edgepack.models.source import ModelSource, TensorSpec
@@ -160,9 +159,7 @@ class TensorRtExporter(Exporter):
     def export(
         self, source: ModelSource, profile: TargetProfile, recipe: Recipe, calib: Dataset | None, workdir: Path
     ) -> Artifact:
-        reason = self.supports(recipe)
-        if reason:
-            raise UnsupportedError(reason)
+        self.require_support(recipe)
         dla = any(acc.kind == "dla" for acc in profile.accelerators.values()) and recipe.precision in ("fp16", "int8")
         # DLA needs min = opt = max (runtime dims equal build dims): a DLA build ships a static graph.
         dynamic = profile.dynamic_shapes and not dla

@@ -34,7 +34,7 @@ import numpy as np
 
 from edgepack.compress.recipe import Recipe
 from edgepack.data.dataset import Dataset
-from edgepack.errors import ExportError, UnsupportedError
+from edgepack.errors import ExportError
 from edgepack.exporters.base import Arrays, Artifact, Exporter, NotRunnable, Predictor, Toolchain
 from edgepack.exporters.onnx import export_onnx
 from edgepack.exporters.tflite_io import (
@@ -125,9 +125,7 @@ class TfliteExporter(Exporter):
         calib: Dataset | None,
         workdir: Path,
     ) -> Artifact:
-        reason = self.supports(recipe)
-        if reason is not None:
-            raise UnsupportedError(reason)
+        self.require_support(recipe)
         quantization = quantization_for(recipe, calib)
         if quantization.static:
             check_calibration(source.inputs, calib)
