@@ -48,8 +48,11 @@ def _member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
     path = PurePosixPath(name)
     if name.startswith("/") or "\\" in name or (len(name) > 1 and name[1] == ":"):
         raise InputError(f"{archive}: entry '{name}' has an absolute path; refusing to unpack")
-    if any(part in {"..", ""} for part in path.parts) or not path.parts:
+    raw_parts = name.rstrip("/").split("/") if info.is_dir() else name.split("/")
+    if ".." in raw_parts:
         raise InputError(f"{archive}: entry '{name}' escapes the bundle ('..' in its path); refusing to unpack")
+    if any(part in {"", "."} for part in raw_parts) or not path.parts:
+        raise InputError(f"{archive}: entry '{name}' has an empty or '.' path component; refusing to unpack")
     file_type = stat.S_IFMT(info.external_attr >> 16)
     if info.create_system == 3 and file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
         kind = "a symlink" if file_type == stat.S_IFLNK else "a special file"
@@ -82,12 +85,15 @@ def unpack(archive: Path, into: Path) -> Path:
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as source, target.open("xb") as sink:
-                written = 0
-                for chunk in iter(lambda: source.read(1 << 20), b""):
-                    written += len(chunk)
-                    if written > info.file_size:
-                        raise InputError(f"{archive}: entry '{info.filename}' is larger than its header says")
-                    sink.write(chunk)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as source, target.open("xb") as sink:
+                    written = 0
+                    for chunk in iter(lambda: source.read(1 << 20), b""):
+                        written += len(chunk)
+                        if written > info.file_size:
+                            raise InputError(f"{archive}: entry '{info.filename}' is larger than its header says")
+                        sink.write(chunk)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                raise InputError(f"{archive}: entry '{info.filename}' collides with another entry; refusing to unpack") from None
     return root / tops.pop()
