@@ -51,18 +51,6 @@ EXIT_MISSING = 3
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 ONNX2TF_SAMPLE_SHAPE = (20, 128, 128, 3)
 """Shape of onnx2tf's downloadable sample-image array (20 MS-COCO images, NHWC, float32 in 0..1)."""
-ONNX2TF_FILES = {
-    "fp32": "float32",
-    "fp16": "float16",
-    "int8-dynamic": "dynamic_range_quant",
-    "int8": "integer_quant",
-    "int8-full": "full_integer_quant",
-    "int16": "integer_quant_with_int16_act",
-    "int16-full": "full_integer_quant_with_int16_act",
-}
-"""Variant -> suffix of the file onnx2tf writes (``model_<suffix>.tflite``); the same table as
-:data:`edgepack.exporters.tflite_quant.ONNX2TF_FILES`, repeated so that this module imports nothing
-of edgepack's."""
 CALIBRATION_MEAN = 0.0
 CALIBRATION_STD = 1.0
 """onnx2tf feeds ``(data - mean) / std`` to the TFLite converter's calibration; edgepack's calibration
@@ -435,8 +423,10 @@ def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
     """Prepare the ONNX file, convert it with onnx2tf, and report the produced ``.tflite`` files.
 
     onnx2tf names its outputs after the input file, so the prepared file is ``model.onnx`` and the
-    results are ``model_float32.tflite``, ``model_float16.tflite`` and, when quantizing, the files of
-    :data:`ONNX2TF_FILES`; the result maps each variant written to its path.
+    results are ``model_float32.tflite``, ``model_float16.tflite`` and, when quantizing, the files named in
+    ``request["onnx2tf_files"]`` (variant -> file suffix, the parent's
+    :data:`edgepack.exporters.tflite_quant.ONNX2TF_FILES`; this module imports nothing of edgepack's); the
+    result maps each variant written to its path.
     """
     notes: list[str] = []
     out_dir = Path(request["output_dir"])
@@ -461,7 +451,7 @@ def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
     )
     files = {
         variant: str(out_dir / f"model_{suffix}.tflite")
-        for variant, suffix in ONNX2TF_FILES.items()
+        for variant, suffix in request["onnx2tf_files"].items()
         if (out_dir / f"model_{suffix}.tflite").exists()
     }
     if not files:

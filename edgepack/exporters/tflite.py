@@ -382,6 +382,7 @@ def _onnx2tf_job(
         "calib": calib_paths,
         "sample_images": sample_images,
         "quantize": quantization.worker_options(),
+        "onnx2tf_files": dict(ONNX2TF_FILES),
     }
     samples = min((len(a) for a in arrays.values()), default=0)
     return _Onnx2tfJob(request, _variant_keys(onnx_path, request, arrays), rundir, samples)
