@@ -17,20 +17,7 @@ def artifact_dir(target_id: str) -> str:
 
 
 def _artifact_entry(artifact: Artifact) -> dict[str, Any]:
-    root = artifact.path.parent
-    return {
-        "path": f"{artifact_dir(artifact.target_id)}/{artifact.path.relative_to(root).as_posix()}",
-        "files": [f"{artifact_dir(artifact.target_id)}/{f.relative_to(root).as_posix()}" for f in artifact.files],
-        "format": artifact.format,
-        "bytes": artifact.bytes,
-        "sha256": artifact.sha256(),
-        "precision": artifact.precision,
-        "converter": artifact.converter,
-        "inputs": [spec.to_dict() for spec in artifact.inputs],
-        "outputs": [spec.to_dict() for spec in artifact.outputs],
-        "settings": artifact.settings,
-        "notes": list(artifact.notes),
-    }
+    return {**artifact.entry(f"{artifact_dir(artifact.target_id)}/"), "bytes": artifact.bytes, "sha256": artifact.sha256()}
 
 
 def target_entry(result: TargetResult) -> dict[str, Any]:

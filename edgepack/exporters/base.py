@@ -78,6 +78,22 @@ class Artifact:
         """Hash of the main file (every file is hashed individually in the bundle manifest)."""
         return file_sha256(self.path)
 
+    def entry(self, prefix: str = "") -> dict[str, Any]:
+        """The manifest-style record of this artifact, its paths relative to its directory under ``prefix``
+        (the inverse of :func:`edgepack.device_bench.runners.base.artifact_from_entry`)."""
+        root = self.path.parent
+        return {
+            "path": f"{prefix}{self.path.relative_to(root).as_posix()}",
+            "files": [f"{prefix}{f.relative_to(root).as_posix()}" for f in self.files],
+            "format": self.format,
+            "precision": self.precision,
+            "converter": self.converter,
+            "inputs": [spec.to_dict() for spec in self.inputs],
+            "outputs": [spec.to_dict() for spec in self.outputs],
+            "settings": self.settings,
+            "notes": list(self.notes),
+        }
+
 
 class Predictor(ABC):
     """Runs an artifact on this host. Takes and returns arrays keyed by the *source* model's I/O names,

@@ -171,23 +171,12 @@ def artifact_from_entry(
 def job_to_dict(artifact: Artifact, inputs: Sequence[TensorSpec]) -> dict[str, Any]:
     """The job a remote agent reads: the artifact entry (paths relative to the artifact's directory) and
     the input specs to feed."""
-    root = artifact.path.parent
     return {
         "target": artifact.target_id,
         "runtime": artifact.runtime,
         "recipe": artifact.recipe,
         "toolchain": artifact.toolchain,
-        "artifact": {
-            "path": artifact.path.relative_to(root).as_posix(),
-            "files": [f.relative_to(root).as_posix() for f in artifact.files],
-            "format": artifact.format,
-            "precision": artifact.precision,
-            "converter": artifact.converter,
-            "inputs": [s.to_dict() for s in artifact.inputs],
-            "outputs": [s.to_dict() for s in artifact.outputs],
-            "settings": artifact.settings,
-            "notes": list(artifact.notes),
-        },
+        "artifact": artifact.entry(),
         "inputs": [s.to_dict() for s in inputs],
     }
 
