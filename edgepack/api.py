@@ -268,7 +268,7 @@ class _TargetKeyer:
 
     def __init__(self, source: ModelSource, recipes: RecipeBook, data: dict[str, Dataset | None], settings: dict[str, Any]) -> None:
         self.source, self.recipes, self.settings = source, recipes, {**settings, "parity_samples": PARITY_SAMPLES}
-        self.data = data
+        self.data = {role: (ds.sha256() if ds is not None else None) for role, ds in data.items()}
 
     def key(self, profile: TargetProfile) -> str | None:
         from edgepack.exporters.registry import get_exporter

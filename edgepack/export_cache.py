@@ -26,7 +26,6 @@ from typing import Any
 
 from edgepack import __version__
 from edgepack.compress.recipe import RecipeBook
-from edgepack.data.dataset import Dataset
 from edgepack.models.source import ModelSource
 from edgepack.targets.schema import TargetProfile
 
@@ -71,10 +70,11 @@ def target_key(
     profile: TargetProfile,
     recipes: RecipeBook,
     toolchain: Sequence[str],
-    data: Mapping[str, Dataset | None],
+    data: Mapping[str, str | None],
     settings: Mapping[str, Any],
 ) -> str:
-    """The cache key of one target's export (hex SHA-256 of a canonical JSON document)."""
+    """The cache key of one target's export (hex SHA-256 of a canonical JSON document); ``data`` maps each
+    dataset's role to its :meth:`edgepack.data.dataset.Dataset.sha256` (hashed once per export, not per target)."""
     document = {
         "edgepack": __version__,
         "source": {**source.describe(), "code_sha256": source.code_sha256},
@@ -83,7 +83,7 @@ def target_key(
         "recipes": [recipes.get(name).model_dump(mode="json") for name in dict.fromkeys([*profile.recipes, "fp32"])
                     if name in recipes.recipes],
         "toolchain": _versions([*EXPORT_STACK, *toolchain]),
-        "data": {name: (ds.sha256() if ds is not None else None) for name, ds in sorted(data.items())},
+        "data": dict(sorted(data.items())),
         "settings": dict(settings),
     }
     payload = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()
