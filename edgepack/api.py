@@ -201,8 +201,8 @@ def export(
     training = PassContext(calib=calib_data, train_data=train_data, train_step=train_step,
                            input_names=tuple(s.name for s in model.inputs), extra=dict(pass_options or {}))
     trains = train_data is not None or train_step is not None or bool(pass_options)
-    cache_dir = default_cache_dir() if cache and not trains else None
-    cache_dir = cache_dir if scorer is None else None  # a user metric is code: its result cannot be keyed
+    # Training callables and a user metric are code: their results cannot be keyed, so they always export.
+    cache_dir = default_cache_dir() if cache and not trains and scorer is None else None
     keyer = _TargetKeyer(model, recipes, {"calib": calib_data, "eval": eval_set, "parity": evaluation.parity_inputs},
                          {"max_drop": max_drop, "max_slowdown": max_slowdown, "metric": metric}) if cache_dir else None
     export_cache = ExportCache(cache_dir) if cache_dir else None
