@@ -351,6 +351,10 @@ def bench(
         console.print(f"* energy not measurable here: {reason}")
     for reason in sorted({r.percentiles_reason for r in results if r.percentiles_reason}):
         console.print(f"* n/a: {reason}")
+    for r in results:
+        if r.clock != "wall" and r.wall_p50_ms is not None:
+            console.print(f"* {r.target}: latencies on the runtime's clock ({r.clock}); "
+                          f"the whole Python call took p50 {r.wall_p50_ms:.3f} ms")
 
 
 def _register_subsystems() -> None:

@@ -259,7 +259,12 @@ class _Chain:
         """Rank quantizable layers by the metric drop when each alone is quantized (on an eval subset)."""
         int8 = recipe.model_copy(update={"precision": "int8", "exclude": []})
         hub = export_onnx(self.source, self.workdir / "_onnx", dynamic=self.result.profile.dynamic_shapes)
-        layers = quantizable_layers(hub, recipe.mixed.max_layers_ranked)
+        excludable = self.exporter.excludable_layers(
+            self.source, self.result.profile, int8, self.calib, self.workdir / "_layers", quantizable_layers(hub)
+        )
+        layers = excludable[: recipe.mixed.max_layers_ranked] if recipe.mixed.max_layers_ranked else excludable
+        if not layers:
+            raise UnsupportedError(f"{self.exporter.runtime}'s quantizer can keep none of this model's layers in float")
         gate = self.evaluation.gate
         subset = gate.data.take(slice(0, recipe.mixed.sensitivity_samples))
         quick = Gate(subset, gate.output, gate.max_drop, metric=gate.metric)  # a user scorer is too slow per layer

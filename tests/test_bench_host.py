@@ -65,6 +65,23 @@ def test_host_runner_measures_each_runtime(bundle: Path, target: str) -> None:
     assert BenchResult.from_json(result.to_json()) == result
 
 
+CLOCKS = {"host-ort": "wall", "x86-openvino": "openvino InferRequest.latency (benchmark_app's clock)",
+          "android-pixel8": "wall"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_latency_clock_is_the_runtimes_own_where_it_keeps_one(bundle: Path, target: str) -> None:
+    config = BenchConfig(warmup=3, min_iters=30, min_seconds=0.0, sustained_seconds=0.1)
+    [result] = bench_bundle(bundle, target, "host", config)
+    assert result.clock == CLOCKS[target]
+    if result.clock == "wall":
+        assert result.wall_p50_ms is None
+    else:
+        # Each wall-clock call contains the runtime's timed inference, so its median cannot be smaller.
+        assert result.wall_p50_ms is not None and result.wall_p50_ms >= result.p50 > 0
+        assert result.sustained is not None and all(ms > 0 for _, ms in result.sustained)
+
+
 def test_threads_fixed_warmup_and_sustained(bundle: Path) -> None:
     config = BenchConfig(warmup=3, min_iters=20, min_seconds=0.05, threads=1, sustained_seconds=0.3)
     [result] = bench_bundle(bundle, "host-ort", "host", config)

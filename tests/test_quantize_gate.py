@@ -127,6 +127,28 @@ def test_mixed_precision_keeps_the_sensitive_layers_in_float(tmp_path, registry,
 
 
 @pytest.mark.slow
+def test_tflite_mixed_precision_ranks_mapped_layers_and_ships_float_islands(tmp_path, registry, digits_files):
+    calib, eval_data = digits_files
+    factory = tmp_path / "outlier.py"
+    factory.write_text(OUTLIER_FACTORY)
+    result = api.export(f"{factory}:build", ["android-pixel8"], out=tmp_path / "out", calib=calib, eval_data=eval_data,
+                        registry=_only(registry, "android-pixel8", ["int8", "int8-mixed", "fp32"]))
+    entry = result.manifest["targets"]["android-pixel8"]
+    plain = entry["attempts"][0]
+    assert plain["recipe"] == "int8" and plain["status"] == "rejected"
+    ranking = entry["sensitivity"]
+    # Ranked: the layers LiteRT's quantizer can keep in float (max pooling stays in its input's scale).
+    assert len(ranking) == 5 and not any(r["layer"].endswith("MaxPool") for r in ranking)
+    assert ranking[0]["drop"] > 0.5, ranking
+    assert entry["recipe"].startswith("int8-mixed["), entry["attempts"]
+    shipped = entry["attempts"][-1]
+    assert shipped["excluded_layers"] == [r["layer"] for r in ranking[: len(shipped["excluded_layers"])]]
+    assert shipped["gate"]["value"] > plain["gate"]["value"] + 0.5
+    quantization = entry["artifact"]["settings"]["quantization"]
+    assert quantization["float_layers"] == shipped["excluded_layers"]
+
+
+@pytest.mark.slow
 def test_sensitivity_ranking_is_deterministic(tmp_path, registry, digits_files):
     calib, eval_data = digits_files
     factory = tmp_path / "outlier.py"

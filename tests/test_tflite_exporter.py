@@ -38,7 +38,10 @@ from edgepack.exporters.tflite import (
     summarize_failure,
     tflite_operators,
 )
+from edgepack.compress.sensitivity import quantizable_layers
+from edgepack.exporters.onnx import export_onnx
 from edgepack.exporters.tflite_io import dequantize, quantize
+from edgepack.exporters.tflite_layers import LayerMap, float_op_outputs, match_layers
 from edgepack.models.source import ModelSource, Preprocess, QuantParams, TensorSpec
 from edgepack.targets.schema import TargetProfile
 
@@ -637,6 +640,70 @@ def test_int8_rgb_model_calibrates_offline(exporter, cnn_source, profile, quant_
     assert _cosine(predictor({"image": x})["logits"], _torch_out(cnn_source.torch_module, x)) > 0.98
 
 
+@pytest.mark.slow
+def test_mixed_precision_keeps_the_named_layers_in_float(exporter, profile, quant_recipes, digits, digits_int8, tmp_path):
+    source, evaluation, reference = digits
+    int8, calib = quant_recipes["int8"], source.extra["calib"]
+    hub = export_onnx(source, tmp_path / "onnx", dynamic=False)
+    layers = quantizable_layers(hub)
+    excludable = exporter.excludable_layers(source, profile, int8, calib, tmp_path / "layers", layers)
+    # Every convolution, the pool and the classifier map onto one LiteRT op each; max pooling stays in the
+    # int8 scale of its input whatever the denylist says, so it is not offered.
+    assert excludable == [layer for layer in layers if not layer.endswith("MaxPool")] and len(excludable) == 5
+    keep = [excludable[2], excludable[4]]  # the last convolution and the classifier
+    mixed = exporter.export(source, profile, int8.model_copy(update={"exclude": keep}), calib, tmp_path / "mixed")
+    settings = mixed.settings["quantization"]
+    assert settings["float_layers"] == keep and len(settings["float_ops"]) == 2
+    float_outputs = float_op_outputs(mixed.path)
+    assert set(settings["float_ops"]) <= float_outputs
+    assert {"QUANTIZE", "DEQUANTIZE"} <= set(tflite_operators(mixed.path))
+    conv_dtypes = sorted(dtype for op, dtype in _op_output_dtypes(mixed.path) if op == "CONV_2D")
+    assert conv_dtypes == ["float32", "int8", "int8"]  # two of three convolutions stay int8
+    plain_int8_float = float_op_outputs(digits_int8.path)
+    assert not set(settings["float_ops"]) & plain_int8_float  # the same ops are int8 in the plain artifact
+    predictor = _predictor(exporter, mixed, source)
+    logits = _eval_logits(predictor, source, evaluation)
+    assert _top1(logits, evaluation.labels) >= _top1(reference, evaluation.labels) - 0.01
+    with pytest.raises(ExportError, match="cannot keep .*MaxPool in float"):
+        exporter.export(source, profile, int8.model_copy(update={"exclude": [layers[2]]}), calib, tmp_path / "pool")
+
+
+def _op_output_dtypes(path: Path) -> list[tuple[str, str]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return [(op["op_name"], np.dtype(details[op["outputs"][0]]["dtype"]).name) for op in interpreter._get_ops_details()]
+
+
+def test_layer_matching_follows_layout_order_and_op_types():
+    from edgepack.exporters.tflite_layers import _TfliteOutput
+
+    rng = np.random.default_rng(0)
+    conv = rng.standard_normal((1, 4, 3, 3)).astype(np.float32)
+    relu = np.maximum(conv, 0)
+    second = rng.standard_normal((1, 4, 3, 3)).astype(np.float32)
+    fc = rng.standard_normal((1, 10)).astype(np.float32)
+    reference = {"c1": conv, "r1": relu, "c2": second, "fc": fc, "const": np.ones((1, 10), np.float32)}
+    outputs = [
+        _TfliteOutput(0, "RELU", "standalone_relu", np.transpose(relu, (0, 2, 3, 1))),  # wrong op type for a Conv
+        _TfliteOutput(1, "CONV_2D", "fused_conv_relu", np.transpose(relu, (0, 2, 3, 1)) + 1e-6),
+        _TfliteOutput(2, "CONV_2D", "conv2", np.transpose(second, (0, 2, 3, 1))),
+        _TfliteOutput(3, "FULLY_CONNECTED", "fc", fc.reshape(1, 1, 1, 10)),
+        _TfliteOutput(4, "MAX_POOL_2D", "pool", np.transpose(second, (0, 2, 3, 1))),
+    ]
+    candidates = {"conv1": ["c1", "r1"], "conv2": ["c2"], "gemm": ["fc"], "ghost": ["const"], "pool": ["c2"]}
+    op_types = {"conv1": "Conv", "conv2": "Conv", "gemm": "Gemm", "ghost": "Gemm", "pool": "MaxPool"}
+    found = match_layers(["conv1", "conv2", "gemm", "ghost", "pool"], op_types, candidates, reference, outputs)
+    assert found.tensors == {"conv1": "fused_conv_relu", "conv2": "conv2", "gemm": "fc"}
+    assert found.unmapped == ("ghost", "pool")
+    # Each op is claimed once: a second layer computing the same values gets nothing.
+    twice = match_layers(["conv2", "again"], {"conv2": "Conv", "again": "Conv"}, {"conv2": ["c2"], "again": ["c2"]},
+                         reference, outputs)
+    assert twice.tensors == {"conv2": "conv2"} and twice.unmapped == ("again",)
+    assert LayerMap.from_dict(found.to_dict()) == found
+
+
 def test_quantized_recipes_need_what_onnx2tf_offers(exporter, cnn_source, profile, quant_recipes, tmp_path):
     int8 = quant_recipes["int8"]
 
@@ -653,7 +720,7 @@ def test_quantized_recipes_need_what_onnx2tf_offers(exporter, cnn_source, profil
         "entropy": variant(calibration={"method": "entropy"}),
         "asymmetrically": variant(quantization={"symmetric_activations": True}),
         "int16": variant(quantization={"activations": "int16", "io": "uint8"}),
-        "exclude": variant(exclude=["features.0"]),
+        "mixed precision": variant(exclude=["features.0"], quantization={"io": "uint8"}),
         "QAT": load_recipes().get("int8-qat"),
     }
     for word, recipe in refused.items():
@@ -716,6 +783,7 @@ def test_float_files_of_a_quantizing_run_are_reused_by_float_recipes(cnn_source,
     assert int8["int8"] != int8_more["int8"] and int8["int8"] == full["int8"]
     assert int8["int8-full"] != full["int8-full"]
     assert int8["int8-dynamic"] == full["int8-dynamic"] == int8_more["int8-dynamic"]
+    assert int8["int8-calibrated"] == full["int8-calibrated"] != int8_more["int8-calibrated"]
     # The worker imports nothing of edgepack's: it names onnx2tf's output files from the request's one table.
     job = _onnx2tf_job(cnn_source, onnx_path, calib, tflite_quant.quantization_for(quant_recipes["int8"], calib),
                        tmp_path / "names", pseudo_ops=())

@@ -156,6 +156,13 @@ class BenchResult:
     first_inference_ms: float | None = None
     energy_method: str | None = None
     notes: tuple[str, ...] = ()
+    clock: str = "wall"
+    """What ``latencies_ms`` time: ``"wall"`` (the whole predictor call, edgepack's input/output handling
+    included) or the runtime's own per-inference clock where it keeps one (e.g. OpenVINO's
+    ``InferRequest.latency``, which ``benchmark_app`` reports), so the numbers compare with the vendor tool."""
+    wall_p50_ms: float | None = None
+    """With a runtime clock: the p50 of the same calls timed on the wall (the difference is the harness's
+    per-call cost, which an app calling the runtime natively does not pay)."""
     percentiles_reason: str | None = None
     """Why p90/p99, their confidence intervals or the outlier count are ``None``: the runner's tool publishes
     summary statistics only (TFLite benchmark_model), so there are no per-iteration samples."""

@@ -14,6 +14,12 @@ Modes:
     rejects as scope names, make global ``AveragePool`` nodes ``GlobalAveragePool``, then run
     ``onnx2tf.convert`` with ``output_signaturedefs=True`` and, when the request asks for quantized
     files, onnx2tf's own quantizer fed only with the request's calibration arrays.
+    When static int8 is asked for, the worker also writes ``model_calibrated.tflite``: the float model
+    with the calibrated activation ranges, from which ``selective-int8`` quantizes mixed-precision variants
+    without converting or calibrating again.
+``selective-int8``
+    Quantize such a calibrated model to int8 with the TFLite converter's MLIR quantizer, keeping the ops
+    named in ``float_nodes`` (output tensor names) in float (mixed precision).
 ``litert-torch``
     Load a ``torch.export`` program (``.pt2``) and convert it with ``litert_torch.convert(...).export()``.
 
@@ -449,6 +455,10 @@ def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
         replace_to_pseudo_operators=request.get("pseudo_ops") or None,
         **options,
     )
+    quantize = request.get("quantize") or {}
+    if quantize.get("integer") and (out_dir / "saved_model.pb").exists():
+        calibrated = out_dir / f"model_{request['onnx2tf_files']['int8-calibrated']}.tflite"
+        calibrated.write_bytes(calibrate_saved_model(out_dir, calib, quantize.get("quant_type", "per-channel")))
     files = {
         variant: str(out_dir / f"model_{suffix}.tflite")
         for variant, suffix in request["onnx2tf_files"].items()
@@ -457,6 +467,61 @@ def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
     if not files:
         raise RuntimeError("onnx2tf finished without writing a .tflite file")
     return {"ok": True, "files": files, "notes": notes}
+
+
+# --------------------------------------------------------------------------------------------------
+# Selective (mixed-precision) int8: the TFLite converter's own quantizer with a denylist
+# --------------------------------------------------------------------------------------------------
+
+
+def _int8_converter(saved_model: Path, calib: list[list[Any]], quant_type: str) -> Any:
+    """The TFLite converter exactly as onnx2tf configures it for ``model_integer_quant.tflite``
+    (``Optimize.DEFAULT``, builtin int8 + TF Select ops, per-channel unless ``per-tensor``), with a
+    representative dataset of the request's calibration arrays fed as ``(data - mean) / std``."""
+    import tensorflow as tf
+
+    arrays = {name: (np.load(path, allow_pickle=False), mean, std) for name, path, mean, std in calib}
+    count = min(len(data) for data, _, _ in arrays.values())
+
+    def representative_dataset() -> Any:
+        for index in range(count):
+            yield {
+                name: tf.convert_to_tensor(((data[index : index + 1] - mean) / std).astype(np.float32))
+                for name, (data, mean, std) in arrays.items()
+            }
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.SELECT_TF_OPS]
+    converter._experimental_disable_per_channel = quant_type == "per-tensor"  # noqa: SLF001 - as onnx2tf does
+    converter.representative_dataset = representative_dataset
+    return converter
+
+
+def calibrate_saved_model(saved_model: Path, calib: list[list[Any]], quant_type: str) -> bytes:
+    """A float .tflite of onnx2tf's saved model carrying the calibrated activation ranges (the converter's
+    ``_experimental_calibrate_only`` output): the input of :func:`run_selective_int8`."""
+    converter = _int8_converter(saved_model, calib, quant_type)
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - the converter's documented debug path
+    return bytes(converter.convert())
+
+
+def run_selective_int8(request: dict[str, Any]) -> dict[str, Any]:
+    """Quantize a calibrated model to int8 (float I/O) keeping the ops whose output tensors are named in
+    ``request["float_nodes"]`` in float: the MLIR quantizer's ``denylisted_nodes``, the mechanism behind
+    ``tf.lite.experimental.QuantizationDebugger``'s selective quantization."""
+    from tensorflow.lite.python import convert
+
+    calibrated = Path(request["calibrated"]).read_bytes()
+    quantized = convert.mlir_quantize(
+        calibrated,
+        disable_per_channel=request.get("quant_type") == "per-tensor",
+        fully_quantize=False,
+        denylisted_nodes=list(request["float_nodes"]),
+    )
+    output = Path(request["output"])
+    output.write_bytes(quantized)
+    return {"ok": True, "files": {"int8-mixed": str(output)}, "notes": []}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,6 +556,7 @@ def run_litert_torch(request: dict[str, Any]) -> dict[str, Any]:
 
 MODES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "onnx2tf": run_onnx2tf,
+    "selective-int8": run_selective_int8,
     "litert-torch": run_litert_torch,
 }
 

@@ -101,9 +101,16 @@ class Predictor(ABC):
 
     proxy_for: ClassVar[str | None] = None
     """Set when this predictor stands in for a runtime that cannot run here (numerics only, no latency)."""
+    runtime_clock: ClassVar[str | None] = None
+    """Set when the runtime times each inference itself (what its vendor benchmark tool reports): names
+    that clock, and :meth:`runtime_latency_ms` reads it."""
 
     @abstractmethod
     def __call__(self, inputs: Arrays) -> Arrays: ...
+
+    def runtime_latency_ms(self) -> float | None:
+        """The runtime's own timing of the last inference (see :attr:`runtime_clock`), or ``None``."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources."""
@@ -161,3 +168,17 @@ class Exporter(ABC):
     @abstractmethod
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
         """A host predictor for ``artifact``, or why it cannot run here."""
+
+    def excludable_layers(
+        self,
+        source: ModelSource,
+        profile: TargetProfile,
+        recipe: Recipe,
+        calib: Dataset | None,
+        workdir: Path,
+        layers: list[str],
+    ) -> list[str]:
+        """Which of ``layers`` (source ONNX node names) this runtime's quantizer can keep in float when
+        ``recipe`` (static int8) names them in ``exclude``; by default all of them. Sensitivity analysis
+        ranks only these."""
+        return list(layers)

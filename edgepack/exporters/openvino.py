@@ -21,6 +21,8 @@ DEFAULT_THREADS = 2
 class OpenVinoPredictor(Predictor):
     """Runs an IR on OpenVINO's CPU plugin with float32 inference precision (no silent bf16)."""
 
+    runtime_clock = "openvino InferRequest.latency (benchmark_app's clock)"
+
     def __init__(self, xml: Path, *, threads: int = DEFAULT_THREADS) -> None:
         import openvino as ov
 
@@ -39,6 +41,9 @@ class OpenVinoPredictor(Predictor):
             self.request.set_tensor(self._inputs[name], self._tensor(np.ascontiguousarray(array), shared_memory=True))
         self.request.infer()
         return {name: self.request.get_tensor(port).data.copy() for name, port in self._outputs}
+
+    def runtime_latency_ms(self) -> float | None:
+        return float(self.request.latency)
 
 
 class OpenVinoExporter(OnnxHubExporter):

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.compress.recipe import Recipe
+from edgepack.compress.sensitivity import quantizable_layers
 from edgepack.data.dataset import Dataset
 from edgepack.errors import ExportError
 from edgepack.exporters.base import Arrays, Artifact, Exporter, NotRunnable, Predictor, Toolchain
@@ -51,6 +52,7 @@ from edgepack.exporters.tflite_io import (
     read_tflite_io,
     tflite_operators,
 )
+from edgepack.exporters.tflite_layers import LayerMap, float_op_outputs, map_layers
 from edgepack.exporters.tflite_quant import (
     ONNX2TF_FILES,
     TfliteQuantization,
@@ -92,6 +94,7 @@ PSEUDO_OPS_FOR_FLEX = {
 }
 """TF Select ops onnx2tf can avoid with ``replace_to_pseudo_operators`` (its op keys are lower-case)."""
 _CACHE = "_tflite_onnx2tf_cache"
+_CALIBRATED_CACHE = "_tflite_calibrated_cache"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,16 @@ class _Converted:
     converter: str
     notes: tuple[str, ...]
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Calibrated:
+    """The calibrated float .tflite (bytes) of one ONNX file and calibration set, and its layer map."""
+
+    model: bytes = field(repr=False)
+    layers: LayerMap
+    notes: tuple[str, ...]
+    samples: int
 
 
 class TfliteExporter(Exporter):
@@ -129,7 +142,7 @@ class TfliteExporter(Exporter):
         quantization = quantization_for(recipe, calib)
         if quantization.static:
             check_calibration(source.inputs, calib)
-        workdir = Path(workdir)
+        workdir = Path(workdir).resolve()  # the worker runs in its own directory
         workdir.mkdir(parents=True, exist_ok=True)
         converted = self._convert(source, recipe, quantization, calib, workdir)
         target = workdir / "model.tflite"
@@ -189,7 +202,9 @@ class TfliteExporter(Exporter):
     ) -> _Converted:
         """Convert with onnx2tf; if the result needs TF Select (Flex) ops that onnx2tf can replace with
         its pseudo-ops (approximations built from builtin ops), convert once more with them."""
-        onnx_path = export_onnx(source, workdir / "onnx", dynamic=False)
+        if quantization.float_layers:
+            return self._mixed_precision(source, quantization, calib, workdir)
+        onnx_path = export_onnx(source, workdir / "onnx", dynamic=False).resolve()
         job = _onnx2tf_job(source, onnx_path, calib, quantization, workdir / "onnx2tf", pseudo_ops=())
         chosen, notes = self._onnx2tf_file(source, job, quantization.variant)
         flex = flex_ops(chosen)
@@ -229,6 +244,82 @@ class TfliteExporter(Exporter):
                 f"onnx2tf did not write model_{ONNX2TF_FILES[variant]}.tflite ({why}) (log: {outcome.log})"
             )
         return Path(path), outcome.notes
+
+    # -- mixed precision -------------------------------------------------------------------------
+
+    def excludable_layers(
+        self, source: ModelSource, profile: TargetProfile, recipe: Recipe, calib: Dataset | None, workdir: Path,
+        layers: list[str],
+    ) -> list[str]:
+        """The layers of ``layers`` that onnx2tf's conversion computes in one op each (see
+        :mod:`edgepack.exporters.tflite_layers`): only those can be kept in float."""
+        quantization = quantization_for(recipe.model_copy(update={"exclude": []}), calib)
+        if not quantization.static or quantization.variant != "int8":
+            return super().excludable_layers(source, profile, recipe, calib, workdir, layers)
+        check_calibration(source.inputs, calib)
+        calibrated = self._calibrated(source, quantization, calib, Path(workdir).resolve())
+        return [layer for layer in layers if layer in calibrated.layers.tensors]
+
+    def _calibrated(
+        self, source: ModelSource, quantization: TfliteQuantization, calib: Dataset | None, workdir: Path
+    ) -> _Calibrated:
+        """The calibrated float model (converted and calibrated once per ONNX file and calibration set,
+        kept in memory because callers may delete their work directories) and its layer map."""
+        onnx_path = export_onnx(source, workdir / "onnx", dynamic=False).resolve()
+        job = _onnx2tf_job(source, onnx_path, calib, quantization, workdir / "onnx2tf", pseudo_ops=())
+        cache: dict[str, _Calibrated] = source.extra.setdefault(_CALIBRATED_CACHE, {})
+        key = job.keys["int8-calibrated"]
+        if key not in cache:
+            path, notes = self._onnx2tf_file(source, job, "int8-calibrated")
+            feeds = _probe_inputs(source, calib)
+            io = read_tflite_io(path)
+            input_map = match_inputs(source.inputs, io.inputs, "onnx2tf")
+            tflite_feeds = {
+                entry["name"]: np.ascontiguousarray(np.transpose(feeds[name], entry["perm"]))
+                for name, entry in input_map.items()
+            }
+            layers = map_layers(onnx_path, quantizable_layers(onnx_path), path, feeds, tflite_feeds, io.signature)
+            cache[key] = _Calibrated(path.read_bytes(), layers, notes, job.samples)
+        return cache[key]
+
+    def _mixed_precision(
+        self, source: ModelSource, quantization: TfliteQuantization, calib: Dataset | None, workdir: Path
+    ) -> _Converted:
+        """Static int8 with ``quantization.float_layers`` kept in float: the calibrated model quantized by
+        the TFLite converter's MLIR quantizer with those layers' ops denylisted."""
+        calibrated = self._calibrated(source, quantization, calib, workdir)
+        unmapped = [layer for layer in quantization.float_layers if layer not in calibrated.layers.tensors]
+        if unmapped:
+            raise ExportError(
+                f"cannot keep {', '.join(unmapped)} in float: onnx2tf's conversion computes no single op "
+                f"equal to {'it' if len(unmapped) == 1 else 'them'} (see edgepack.exporters.tflite_layers)"
+            )
+        rundir = workdir / "onnx2tf_mixed"
+        rundir.mkdir(parents=True, exist_ok=True)
+        source_file = rundir / f"model_{ONNX2TF_FILES['int8-calibrated']}.tflite"
+        source_file.write_bytes(calibrated.model)
+        float_ops = [calibrated.layers.tensors[layer] for layer in quantization.float_layers]
+        request = {
+            "calibrated": str(source_file),
+            "quant_type": quantization.quant_type,
+            "float_nodes": float_ops,
+            "output": str(rundir / "model_int8_mixed.tflite"),
+        }
+        outcome = run_worker("selective-int8", request, rundir, self.timeout_s)
+        if not outcome.ok:
+            raise ExportError(f"{outcome.reason} (log: {outcome.log})")
+        chosen = Path(outcome.files["int8-mixed"])
+        flex = flex_ops(chosen)
+        if flex:
+            raise ExportError(f"the .tflite needs TF Select (Flex) ops that LiteRT builtins lack: {', '.join(flex)}")
+        check_loadable(chosen)
+        still_int8 = [
+            layer for layer, op in zip(quantization.float_layers, float_ops) if op not in float_op_outputs(chosen)
+        ]
+        if still_int8:
+            raise ExportError(f"LiteRT's quantizer did not keep {', '.join(still_int8)} in float")
+        settings = {**quantization.settings(calibrated.samples), "float_ops": float_ops}
+        return _Converted(chosen, "onnx2tf", calibrated.notes, settings)
 
     @staticmethod
     def _litert_unavailable(source: ModelSource, recipe: Recipe) -> str | None:
@@ -421,6 +512,7 @@ def _variant_keys(onnx_path: Path, request: dict[str, Any], arrays: dict[str, np
         keys["int8"] = _digest(static, "int8")
         keys["int8-full"] = _digest(static, "int8-full", quantize["io_dtype"])
         keys["int16"] = _digest(static, "int16")
+        keys["int8-calibrated"] = _digest(static, "int8-calibrated")
     return keys
 
 

@@ -10,7 +10,15 @@ recipe                                          variant           onnx2tf file (
 ``int8``, io float, activations int8            ``int8``          ``integer_quant``
 ``int8``, io int8/uint8, activations int8       ``int8-full``     ``full_integer_quant``
 ``int8``, io float, activations int16 (a16w8)   ``int16``         ``integer_quant_with_int16_act``
+``int8`` with ``exclude`` (mixed precision)      ``int8``          ``calibrated``, then selective int8
 ==============================================  ================  ======================================
+
+Mixed precision: the worker also writes ``model_calibrated.tflite`` (the TFLite converter's calibrate-only
+output: float ops with the calibrated ranges) in the same run; the excluded source layers are mapped onto
+its ops numerically (:mod:`edgepack.exporters.tflite_layers`) and the converter's MLIR quantizer
+quantizes it with those ops denylisted (``denylisted_nodes``, the mechanism behind LiteRT's
+``QuantizationDebugger`` selective quantization): float islands between ``DEQUANTIZE``/``QUANTIZE`` ops,
+same per-channel weights and calibration as ``int8`` everywhere else.
 
 Weights are per output channel (onnx2tf ``quant_type="per-channel"``) unless the recipe says
 ``per_channel = false``; activations are asymmetric int8 (the converter's only int8 scheme) or
@@ -92,8 +100,11 @@ ONNX2TF_FILES = {
     "int8-full": "full_integer_quant",
     "int16": "integer_quant_with_int16_act",
     "int16-full": "full_integer_quant_with_int16_act",
+    "int8-calibrated": "calibrated",
 }
-"""Variant -> suffix of the file onnx2tf writes for it (``model_<suffix>.tflite``)."""
+"""Variant -> suffix of the file onnx2tf writes for it (``model_<suffix>.tflite``). ``int8-calibrated`` is
+written by edgepack's worker beside onnx2tf's files: the float model with calibrated activation ranges,
+from which mixed-precision variants are quantized (see :mod:`edgepack.exporters.tflite_layers`)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,8 @@ class TfliteQuantization:
     """Full-integer I/O dtype (``int8`` or ``uint8``)."""
     calibration_samples: int = 0
     """0 for variants that need no calibration data."""
+    float_layers: tuple[str, ...] = ()
+    """Source (ONNX) node names kept in float: mixed precision, quantized from ``int8-calibrated``."""
 
     @property
     def static(self) -> bool:
@@ -125,7 +138,7 @@ class TfliteQuantization:
             return {}
         out: dict[str, Any] = {
             "variant": self.variant,
-            "onnx2tf_file": f"model_{ONNX2TF_FILES[self.variant]}.tflite",
+            "onnx2tf_file": f"model_{ONNX2TF_FILES['int8-calibrated' if self.float_layers else self.variant]}.tflite",
             "weights": "int8",
             "quant_type": self.quant_type,
         }
@@ -138,6 +151,8 @@ class TfliteQuantization:
             "calibration": "minmax",
             "calibration_samples": samples_used,
             "calibration_normalisation": "none (mean 0, std 1: edgepack's data is model-ready)",
+            **({"float_layers": list(self.float_layers),
+                "selective_quantization": "TFLite converter MLIR quantizer, denylisted_nodes"} if self.float_layers else {}),
         }
 
 
@@ -156,11 +171,14 @@ def unsupported_reason(recipe: Recipe) -> str | None:
             "tflite exporter: QAT recipes (QDQ ONNX) are not mapped onto LiteRT's quantized ops: onnx2tf's "
             "quantizer would calibrate new ranges instead of using the trained ones"
         )
-    if recipe.exclude:
-        return "tflite exporter: onnx2tf's quantizer takes no exclude list, so mixed precision is not offered"
+    q = recipe.quantization
+    if recipe.exclude and (recipe.precision != "int8" or q.activations != "int8" or q.io != "float"):
+        return (
+            "tflite exporter: mixed precision (layers kept in float) is offered for static int8 with float I/O "
+            "and int8 activations only"
+        )
     if recipe.precision == "int8-dynamic":
         return None
-    q = recipe.quantization
     if recipe.calibration.method != "minmax":
         return (
             f"tflite exporter: calibration method '{recipe.calibration.method}' is not offered by the LiteRT "
@@ -192,7 +210,9 @@ def quantization_for(recipe: Recipe, calib: Dataset | None) -> TfliteQuantizatio
     else:
         variant = "int8" if q.io == "float" else "int8-full"
     samples = min(recipe.calibration.samples, len(calib)) if calib is not None else recipe.calibration.samples
-    return TfliteQuantization(variant, quant_type, "int8" if q.io == "float" else q.io, max(samples, 1))
+    return TfliteQuantization(
+        variant, quant_type, "int8" if q.io == "float" else q.io, max(samples, 1), tuple(recipe.exclude)
+    )
 
 
 def check_calibration(specs: Sequence[TensorSpec], calib: Dataset | None) -> None:

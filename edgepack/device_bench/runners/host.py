@@ -3,6 +3,9 @@
 Sequence per artifact: import the runtime (not timed) -> load a fresh predictor and run one inference
 (cold start) -> warm-up (fixed count, or detected afterwards with ``warmup="auto"``) -> timed loop until
 both ``min_iters`` kept iterations and ``min_seconds`` are reached -> optional sustained phase.
+Each iteration is timed on the runtime's own clock where the predictor exposes one
+(:attr:`~edgepack.exporters.base.Predictor.runtime_clock`: OpenVINO's ``InferRequest.latency``, the number
+``benchmark_app`` reports), with the wall-clock call kept beside it (``wall_p50_ms``); else on the wall.
 Energy comes from :func:`edgepack.device_bench.energy.open_meter`; memory is the peak sampled RSS of
 this process (psutil). The on-device agent (:mod:`edgepack.device_bench.agent`) uses this runner too.
 """
@@ -203,6 +206,9 @@ class _PeakRss:
 @dataclass
 class _Run:
     samples: list[float] = field(default_factory=list)
+    """Per-iteration latency on the primary clock (the runtime's own where it has one, else the wall)."""
+    wall: list[float] = field(default_factory=list)
+    """The same iterations timed on the wall (kept only when the primary clock is the runtime's)."""
     discarded: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -232,11 +238,16 @@ def _measure(
     check_at = config.min_iters
     meter.start()
     started = last_poll = time.perf_counter()
+    clocked = predictor.runtime_clock is not None
     while True:
         before = time.perf_counter()
         _infer(predictor, feeds, target)
         after = time.perf_counter()
-        run.samples.append((after - before) * 1000.0)
+        if clocked:
+            run.wall.append((after - before) * 1000.0)
+            run.samples.append(_runtime_ms(predictor, target))
+        else:
+            run.samples.append((after - before) * 1000.0)
         if after - last_poll >= POLL_SECONDS:
             meter.poll()
             rss.sample()
@@ -255,6 +266,13 @@ def _measure(
     return run
 
 
+def _runtime_ms(predictor: Predictor, target: str) -> float:
+    value = predictor.runtime_latency_ms()
+    if value is None or not value >= 0.0:
+        raise RunnerError(f"{target}: the runtime reported no latency for an inference ({predictor.runtime_clock})")
+    return value
+
+
 def _sustain(
     predictor: Predictor, feeds: Arrays, seconds: float, target: str, deadline: float
 ) -> list[tuple[float, float]]:
@@ -267,7 +285,7 @@ def _sustain(
         _infer(predictor, feeds, target)
         after = time.perf_counter()
         times.append(before - started)
-        latencies.append((after - before) * 1000.0)
+        latencies.append(_runtime_ms(predictor, target) if predictor.runtime_clock else (after - before) * 1000.0)
         if after - started >= seconds or time.monotonic() > deadline:
             break
     width = max(seconds, times[-1]) / SUSTAINED_BINS
@@ -334,6 +352,7 @@ class HostRunner(Runner):
         finally:
             loaded.predictor.close()
         kept = run.samples[run.discarded :]
+        wall = run.wall[run.discarded :]
         stats = summarize(kept)
         env = host_env(artifact.runtime, loaded.threads)
         per_inference = energy.mj / len(run.samples) if energy.mj is not None else None
@@ -362,5 +381,7 @@ class HostRunner(Runner):
             sustained_reason=None if sustained is not None else "not requested (sustained_seconds = 0)",
             env=env,
             config=config.to_dict(),
+            clock=loaded.predictor.runtime_clock or "wall",
+            wall_p50_ms=float(np.median(wall)) if wall else None,
             notes=(MEMORY_NOTE, *run.notes),
         )
