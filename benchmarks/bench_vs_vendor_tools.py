@@ -10,8 +10,12 @@ host-ort and x86-openvino at fp32) and runtime, p50 latency at batch 1 and 2 thr
   ``InferenceSession`` with the same options (2 intra-op threads, ORT_ENABLE_ALL), ``session.run`` timed
   per iteration after a warm-up, median of the samples.
 
-Edgepack and the vendor tool alternate for ``--rounds`` rounds (the median of the per-round p50s is
-reported) so that both see the same machine state. The ratio edgepack / vendor should lie within ±5 %.
+Edgepack and the vendor tool alternate for ``--rounds`` rounds so that both see the same machine state;
+the p50 columns are the medians of the per-round p50s and the ratio is the median of the per-round ratios
+edgepack / vendor, which should lie within ±5 %. Each round also runs the vendor tool a second time: the
+A/A column (vendor / vendor) shows how far two runs of one tool land apart here, the floor below which an
+edgepack / vendor difference is not resolvable on this machine. edgepack's OpenVINO numbers are on the runtime's clock
+(``InferRequest.latency``), the one ``benchmark_app`` reports; the whole Python call is printed beside them.
 
 Then edgepack's per-iteration overhead, two ways: (1) A/B: a ~1 ms MLP (ONNX made here, exported by
 edgepack to host-ort) timed by the host runner and by a bare ``session.run`` loop, interleaved rounds;
@@ -21,9 +25,9 @@ isolates what the harness adds to each sample from the model's own noise. Target
 On a shared or loaded machine the A/B ratios swing by tens of percent between runs; read them together
 with the load average (printed) and prefer a quiet machine.
 
-    python benchmarks/bench_vs_vendor_tools.py [--models digits,resnet18,mobilenet_v2] [--seconds 3] [--rounds 3]
+    python benchmarks/bench_vs_vendor_tools.py [--models digits,resnet18,mobilenet_v2] [--seconds 2] [--rounds 5]
 
-Runs in about 3-4 minutes on 2 cores (exports included). Absolute times depend on the CPU; compare the
+Runs in about 6-8 minutes on 2 cores (exports included). Absolute times depend on the CPU; compare the
 ratios of one run only.
 """
 
@@ -69,15 +73,22 @@ class Row:
     tool: str
     edgepack_ms: float
     vendor_ms: float
+    call_ms: float
+    """edgepack's p50 of the whole Python predictor call (equal to ``edgepack_ms`` on the wall clock)."""
+    ratio: float
+    """Median of the per-round ratios (each round times both tools back to back, so drift between
+    rounds cancels out)."""
+    spread: tuple[float, float]
+    """Smallest and largest per-round ratio."""
+    control: float
+    """Median per-round ratio of the vendor tool against itself (A/A): the machine's own spread."""
 
-    @property
-    def ratio(self) -> float:
-        return self.edgepack_ms / self.vendor_ms
 
-
-def edgepack_p50(artifact: Artifact, inputs, seconds: float) -> float:
+def edgepack_p50(artifact: Artifact, inputs, seconds: float) -> tuple[float, float]:
+    """(p50 on the host runner's clock, p50 of the whole predictor call)."""
     config = BenchConfig(warmup="auto", min_iters=50, min_seconds=seconds, threads=THREADS)
-    return HostRunner().run(artifact, config, inputs=inputs).p50
+    result = HostRunner().run(artifact, config, inputs=inputs)
+    return result.p50, result.wall_p50_ms if result.wall_p50_ms is not None else result.p50
 
 
 def ort_loop_p50(model: Path, feeds: dict[str, np.ndarray], seconds: float, warmup: int = 20) -> float:
@@ -128,26 +139,44 @@ def benchmark_app_p50(xml: Path, feeds: dict[str, np.ndarray], seconds: float) -
 
 
 def compare(model: str, bundle: Path, seconds: float, rounds: int) -> list[Row]:
+    """Per runtime: edgepack, the vendor tool and the vendor tool once more (the A/A control: how far two
+    runs of the *same* tool land apart on this machine), in an order rotated every round."""
     manifest = read_manifest(bundle)
     rows: list[Row] = []
     for target, runtime in TARGETS.items():
         artifact = artifact_from_manifest(bundle, target, manifest)
         inputs = bench_inputs(manifest, artifact)
         feeds = example_inputs(inputs, batch=1, seed=0)
+
+        def vendor() -> float:
+            if runtime == "onnxruntime":
+                return ort_loop_p50(artifact.path, feeds, seconds)
+            return benchmark_app_p50(artifact.path, feeds, seconds)
+
         ours: list[float] = []
+        calls: list[float] = []
         theirs: list[float] = []
+        again: list[float] = []
         for index in range(rounds):
-            pair = [
-                lambda: ours.append(edgepack_p50(artifact, inputs, seconds)),
-                (lambda: theirs.append(ort_loop_p50(artifact.path, feeds, seconds)))
-                if runtime == "onnxruntime"
-                else (lambda: theirs.append(benchmark_app_p50(artifact.path, feeds, seconds))),
+            steps = [
+                lambda: _record(edgepack_p50(artifact, inputs, seconds), ours, calls),
+                lambda: theirs.append(vendor()),
+                lambda: again.append(vendor()),
             ]
-            for step in pair if index % 2 == 0 else reversed(pair):
+            for step in steps[index % 3 :] + steps[: index % 3]:
                 step()
         tool = "InferenceSession loop (perf_test method)" if runtime == "onnxruntime" else "benchmark_app"
-        rows.append(Row(model, target, tool, statistics.median(ours), statistics.median(theirs)))
+        ratios = [a / b for a, b in zip(ours, theirs)]
+        rows.append(Row(model, target, tool, edgepack_ms=statistics.median(ours), vendor_ms=statistics.median(theirs),
+                        call_ms=statistics.median(calls), ratio=statistics.median(ratios),
+                        spread=(min(ratios), max(ratios)),
+                        control=statistics.median(a / b for a, b in zip(again, theirs))))
     return rows
+
+
+def _record(pair: tuple[float, float], ours: list[float], calls: list[float]) -> None:
+    ours.append(pair[0])
+    calls.append(pair[1])
 
 
 def _mlp_onnx(path: Path, width: int) -> None:
@@ -173,7 +202,7 @@ def overhead(work: Path, seconds: float, rounds: int) -> tuple[float, float, flo
     feeds = example_inputs(inputs, batch=1, seed=0)
     ratios, ours, theirs = [], [], []
     for index in range(max(rounds, 3) * 2):
-        pair = [lambda: ours.append(edgepack_p50(artifact, inputs, seconds)),
+        pair = [lambda: ours.append(edgepack_p50(artifact, inputs, seconds)[0]),
                 lambda: theirs.append(ort_loop_p50(artifact.path, feeds, seconds))]  # fmt: skip
         for step in pair if index % 2 == 0 else reversed(pair):
             step()
@@ -188,8 +217,9 @@ def loop_cost_us(iterations: int = 20000) -> tuple[float, float]:
     from edgepack.device_bench.energy import UnavailableMeter
     from edgepack.device_bench.runners.host import _measure, _PeakRss  # the loop HostRunner.run uses
 
-    def noop(feeds):  # noqa: ANN001, ANN202
-        return feeds
+    from edgepack.exporters.base import CallablePredictor
+
+    noop = CallablePredictor(lambda feeds: feeds)
 
     config = BenchConfig(warmup=100, min_iters=iterations, min_seconds=0.0, max_iters=iterations)
     run = _measure(noop, {}, config, "noop", UnavailableMeter("not measured"), _PeakRss(), time.monotonic() + 60)
@@ -205,7 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per tool pair (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per tool pair (median reported)")
     args = parser.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))
@@ -225,11 +255,12 @@ def main() -> None:
                 print(f"{name}: export failed: {failed}")
                 continue
             rows += compare(name, result.bundle, args.seconds, args.rounds)
-        print(f"\n{'model':14} {'target':13} {'vendor tool':42} {'edgepack p50':>12} {'vendor p50':>11} {'ratio':>7}")
+        print(f"\n{'model':14} {'target':13} {'vendor tool':42} {'edgepack p50':>12} {'vendor p50':>11} {'ratio':>7}"
+              f"  {'rounds min-max':>14}  {'A/A':>6}  {'edgepack whole call p50':>23}")
         for row in rows:
             flag = "" if abs(row.ratio - 1.0) <= 0.05 else "  (outside ±5 %)"
             print(f"{row.model:14} {row.target:13} {row.tool:42} {row.edgepack_ms:10.3f} ms {row.vendor_ms:8.3f} ms "
-                  f"{row.ratio:7.3f}{flag}")  # fmt: skip
+                  f"{row.ratio:7.3f}  {row.spread[0]:6.3f}-{row.spread[1]:.3f}  {row.control:6.3f}  {row.call_ms:20.3f} ms{flag}")  # fmt: skip
         ours, bare, extra = overhead(work, args.seconds, args.rounds)
     loop_us, bare_us = loop_cost_us()
     print(f"\nper-iteration overhead on a ~1 ms MLP (host-ort), A/B: edgepack p50 {ours:.4f} ms vs bare session.run "

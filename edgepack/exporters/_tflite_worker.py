@@ -14,9 +14,11 @@ Modes:
     rejects as scope names, make global ``AveragePool`` nodes ``GlobalAveragePool``, then run
     ``onnx2tf.convert`` with ``output_signaturedefs=True`` and, when the request asks for quantized
     files, onnx2tf's own quantizer fed only with the request's calibration arrays.
-    When static int8 is asked for, the worker also writes ``model_calibrated.tflite``: the float model
-    with the calibrated activation ranges, from which ``selective-int8`` quantizes mixed-precision variants
-    without converting or calibrating again.
+``calibrate``
+    Calibrate the saved model an earlier ``onnx2tf`` run left in its output folder with the request's
+    arrays (the TFLite converter configured as onnx2tf configures it, stopped after calibration): a float
+    ``.tflite`` carrying the activation ranges, from which ``selective-int8`` quantizes mixed-precision
+    variants without converting or calibrating again.
 ``selective-int8``
     Quantize such a calibrated model to int8 with the TFLite converter's MLIR quantizer, keeping the ops
     named in ``float_nodes`` (output tensor names) in float (mixed precision).
@@ -455,10 +457,6 @@ def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
         replace_to_pseudo_operators=request.get("pseudo_ops") or None,
         **options,
     )
-    quantize = request.get("quantize") or {}
-    if quantize.get("integer") and (out_dir / "saved_model.pb").exists():
-        calibrated = out_dir / f"model_{request['onnx2tf_files']['int8-calibrated']}.tflite"
-        calibrated.write_bytes(calibrate_saved_model(out_dir, calib, quantize.get("quant_type", "per-channel")))
     files = {
         variant: str(out_dir / f"model_{suffix}.tflite")
         for variant, suffix in request["onnx2tf_files"].items()
@@ -485,10 +483,12 @@ def _int8_converter(saved_model: Path, calib: list[list[Any]], quant_type: str) 
 
     def representative_dataset() -> Any:
         for index in range(count):
-            yield {
+            sample = {
                 name: tf.convert_to_tensor(((data[index : index + 1] - mean) / std).astype(np.float32))
                 for name, (data, mean, std) in arrays.items()
             }
+            # one input: positional, so a signature key onnx2tf renamed cannot break the feed
+            yield list(sample.values()) if len(sample) == 1 else sample
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -498,12 +498,20 @@ def _int8_converter(saved_model: Path, calib: list[list[Any]], quant_type: str) 
     return converter
 
 
-def calibrate_saved_model(saved_model: Path, calib: list[list[Any]], quant_type: str) -> bytes:
-    """A float .tflite of onnx2tf's saved model carrying the calibrated activation ranges (the converter's
-    ``_experimental_calibrate_only`` output): the input of :func:`run_selective_int8`."""
-    converter = _int8_converter(saved_model, calib, quant_type)
+def run_calibrate(request: dict[str, Any]) -> dict[str, Any]:
+    """A float .tflite of onnx2tf's saved model (``request["saved_model"]``) carrying the activation ranges
+    calibrated on ``request["calib"]`` (the converter's ``_experimental_calibrate_only`` output): the input
+    of :func:`run_selective_int8`."""
+    if not (Path(request["saved_model"]) / "saved_model.pb").exists():
+        raise RuntimeError(f"no saved model in {request['saved_model']} (onnx2tf writes one beside its .tflite files)")
+    calib = [[name, path, CALIBRATION_MEAN, CALIBRATION_STD] for name, path in request["calib"].items()]
+    if not calib:
+        raise RuntimeError("calibration needs calibration data; the request has none")
+    converter = _int8_converter(Path(request["saved_model"]), calib, request.get("quant_type", "per-channel"))
     converter._experimental_calibrate_only = True  # noqa: SLF001 - the converter's documented debug path
-    return bytes(converter.convert())
+    output = Path(request["output"])
+    output.write_bytes(bytes(converter.convert()))
+    return {"ok": True, "files": {"int8-calibrated": str(output)}, "notes": []}
 
 
 def run_selective_int8(request: dict[str, Any]) -> dict[str, Any]:
@@ -556,6 +564,7 @@ def run_litert_torch(request: dict[str, Any]) -> dict[str, Any]:
 
 MODES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "onnx2tf": run_onnx2tf,
+    "calibrate": run_calibrate,
     "selective-int8": run_selective_int8,
     "litert-torch": run_litert_torch,
 }

@@ -4,6 +4,7 @@ quantizer (QDQ int8, dynamic int8, MatMulNBits int4)."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from edgepack.compress.quantize import QuantizationPlan
@@ -19,6 +20,8 @@ DEFAULT_THREADS = 2
 class OrtPredictor(Predictor):
     """Runs an ONNX file in an ONNX Runtime CPU session (names are the source's own)."""
 
+    runtime_clock = "onnxruntime InferenceSession.run, timed around the call (onnxruntime_perf_test's clock)"
+
     def __init__(self, path: Path, *, threads: int = DEFAULT_THREADS, optimize: bool = True) -> None:
         import onnxruntime as ort
 
@@ -30,9 +33,16 @@ class OrtPredictor(Predictor):
         )
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._last_ms: float | None = None
 
     def __call__(self, inputs: Arrays) -> Arrays:
-        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+        started = time.perf_counter()
+        outputs = self.session.run(self.output_names, inputs)
+        self._last_ms = (time.perf_counter() - started) * 1000.0
+        return dict(zip(self.output_names, outputs))
+
+    def runtime_latency_ms(self) -> float | None:
+        return self._last_ms
 
 
 def optimise_offline(src: Path, dst: Path) -> None:

@@ -54,6 +54,7 @@ from edgepack.exporters.tflite_io import (
 )
 from edgepack.exporters.tflite_layers import LayerMap, float_op_outputs, map_layers
 from edgepack.exporters.tflite_quant import (
+    CALIBRATED_FILE,
     ONNX2TF_FILES,
     TfliteQuantization,
     artifact_layout,
@@ -253,9 +254,10 @@ class TfliteExporter(Exporter):
     ) -> list[str]:
         """The layers of ``layers`` that onnx2tf's conversion computes in one op each (see
         :mod:`edgepack.exporters.tflite_layers`): only those can be kept in float."""
+        probe = recipe.model_copy(update={"exclude": layers[:1]})
+        if not layers or self.supports(probe) is not None:
+            return []  # this recipe has no mixed-precision form on LiteRT
         quantization = quantization_for(recipe.model_copy(update={"exclude": []}), calib)
-        if not quantization.static or quantization.variant != "int8":
-            return super().excludable_layers(source, profile, recipe, calib, workdir, layers)
         check_calibration(source.inputs, calib)
         calibrated = self._calibrated(source, quantization, calib, Path(workdir).resolve())
         return [layer for layer in layers if layer in calibrated.layers.tensors]
@@ -268,9 +270,21 @@ class TfliteExporter(Exporter):
         onnx_path = export_onnx(source, workdir / "onnx", dynamic=False).resolve()
         job = _onnx2tf_job(source, onnx_path, calib, quantization, workdir / "onnx2tf", pseudo_ops=())
         cache: dict[str, _Calibrated] = source.extra.setdefault(_CALIBRATED_CACHE, {})
-        key = job.keys["int8-calibrated"]
+        key = job.keys["int8"]  # the same ONNX bytes, options, calibration samples and weight granularity
         if key not in cache:
-            path, notes = self._onnx2tf_file(source, job, "int8-calibrated")
+            int8_file, notes = self._onnx2tf_file(source, job, "int8")
+            rundir = workdir / "onnx2tf_calibrate"
+            rundir.mkdir(parents=True, exist_ok=True)
+            request = {
+                "saved_model": str(int8_file.parent),
+                "calib": job.request["calib"],
+                "quant_type": quantization.quant_type,
+                "output": str(rundir / CALIBRATED_FILE),
+            }
+            outcome = run_worker("calibrate", request, rundir, self.timeout_s)
+            if not outcome.ok:
+                raise ExportError(f"calibrating onnx2tf's saved model failed: {outcome.reason} (log: {outcome.log})")
+            path = Path(outcome.files["int8-calibrated"])
             feeds = _probe_inputs(source, calib)
             io = read_tflite_io(path)
             input_map = match_inputs(source.inputs, io.inputs, "onnx2tf")
@@ -296,7 +310,7 @@ class TfliteExporter(Exporter):
             )
         rundir = workdir / "onnx2tf_mixed"
         rundir.mkdir(parents=True, exist_ok=True)
-        source_file = rundir / f"model_{ONNX2TF_FILES['int8-calibrated']}.tflite"
+        source_file = rundir / CALIBRATED_FILE
         source_file.write_bytes(calibrated.model)
         float_ops = [calibrated.layers.tensors[layer] for layer in quantization.float_layers]
         request = {
@@ -313,9 +327,8 @@ class TfliteExporter(Exporter):
         if flex:
             raise ExportError(f"the .tflite needs TF Select (Flex) ops that LiteRT builtins lack: {', '.join(flex)}")
         check_loadable(chosen)
-        still_int8 = [
-            layer for layer, op in zip(quantization.float_layers, float_ops) if op not in float_op_outputs(chosen)
-        ]
+        computed_in_float = float_op_outputs(chosen)
+        still_int8 = [layer for layer, op in zip(quantization.float_layers, float_ops) if op not in computed_in_float]
         if still_int8:
             raise ExportError(f"LiteRT's quantizer did not keep {', '.join(still_int8)} in float")
         settings = {**quantization.settings(calibrated.samples), "float_ops": float_ops}
@@ -512,7 +525,6 @@ def _variant_keys(onnx_path: Path, request: dict[str, Any], arrays: dict[str, np
         keys["int8"] = _digest(static, "int8")
         keys["int8-full"] = _digest(static, "int8-full", quantize["io_dtype"])
         keys["int16"] = _digest(static, "int16")
-        keys["int8-calibrated"] = _digest(static, "int8-calibrated")
     return keys
 
 

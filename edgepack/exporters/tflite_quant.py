@@ -10,11 +10,13 @@ recipe                                          variant           onnx2tf file (
 ``int8``, io float, activations int8            ``int8``          ``integer_quant``
 ``int8``, io int8/uint8, activations int8       ``int8-full``     ``full_integer_quant``
 ``int8``, io float, activations int16 (a16w8)   ``int16``         ``integer_quant_with_int16_act``
-``int8`` with ``exclude`` (mixed precision)      ``int8``          ``calibrated``, then selective int8
+``int8`` with ``exclude`` (mixed precision)      ``int8``          its saved model, calibrated, then
+                                                                  selective int8
 ==============================================  ================  ======================================
 
-Mixed precision: the worker also writes ``model_calibrated.tflite`` (the TFLite converter's calibrate-only
-output: float ops with the calibrated ranges) in the same run; the excluded source layers are mapped onto
+Mixed precision: the saved model onnx2tf wrote in the ``int8`` run is calibrated once more by the TFLite
+converter, stopped before quantizing (``model_calibrated.tflite``: float ops with the calibrated ranges;
+a worker run of its own, so plain int8 exports do not pay for it); the excluded source layers are mapped onto
 its ops numerically (:mod:`edgepack.exporters.tflite_layers`) and the converter's MLIR quantizer
 quantizes it with those ops denylisted (``denylisted_nodes``, the mechanism behind LiteRT's
 ``QuantizationDebugger`` selective quantization): float islands between ``DEQUANTIZE``/``QUANTIZE`` ops,
@@ -100,11 +102,10 @@ ONNX2TF_FILES = {
     "int8-full": "full_integer_quant",
     "int16": "integer_quant_with_int16_act",
     "int16-full": "full_integer_quant_with_int16_act",
-    "int8-calibrated": "calibrated",
 }
-"""Variant -> suffix of the file onnx2tf writes for it (``model_<suffix>.tflite``). ``int8-calibrated`` is
-written by edgepack's worker beside onnx2tf's files: the float model with calibrated activation ranges,
-from which mixed-precision variants are quantized (see :mod:`edgepack.exporters.tflite_layers`)."""
+"""Variant -> suffix of the file onnx2tf writes for it (``model_<suffix>.tflite``)."""
+CALIBRATED_FILE = "model_calibrated.tflite"
+"""The calibrated float model mixed-precision variants are quantized from (see :mod:`edgepack.exporters.tflite_layers`)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class TfliteQuantization:
     calibration_samples: int = 0
     """0 for variants that need no calibration data."""
     float_layers: tuple[str, ...] = ()
-    """Source (ONNX) node names kept in float: mixed precision, quantized from ``int8-calibrated``."""
+    """Source (ONNX) node names kept in float: mixed precision, quantized from :data:`CALIBRATED_FILE`."""
 
     @property
     def static(self) -> bool:
@@ -138,7 +139,7 @@ class TfliteQuantization:
             return {}
         out: dict[str, Any] = {
             "variant": self.variant,
-            "onnx2tf_file": f"model_{ONNX2TF_FILES['int8-calibrated' if self.float_layers else self.variant]}.tflite",
+            "onnx2tf_file": CALIBRATED_FILE if self.float_layers else f"model_{ONNX2TF_FILES[self.variant]}.tflite",
             "weights": "int8",
             "quant_type": self.quant_type,
         }

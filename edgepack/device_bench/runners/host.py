@@ -5,7 +5,9 @@ Sequence per artifact: import the runtime (not timed) -> load a fresh predictor 
 both ``min_iters`` kept iterations and ``min_seconds`` are reached -> optional sustained phase.
 Each iteration is timed on the runtime's own clock where the predictor exposes one
 (:attr:`~edgepack.exporters.base.Predictor.runtime_clock`: OpenVINO's ``InferRequest.latency``, the number
-``benchmark_app`` reports), with the wall-clock call kept beside it (``wall_p50_ms``); else on the wall.
+``benchmark_app`` reports; ONNX Runtime's ``InferenceSession.run`` alone, which ``onnxruntime_perf_test``
+times), with the wall-clock call of the predictor (edgepack's input/output handling included) kept beside
+it as ``wall_p50_ms``; else on the wall.
 Energy comes from :func:`edgepack.device_bench.energy.open_meter`; memory is the peak sampled RSS of
 this process (psutil). The on-device agent (:mod:`edgepack.device_bench.agent`) uses this runner too.
 """
