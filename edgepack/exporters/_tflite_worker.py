@@ -473,9 +473,10 @@ def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _int8_converter(saved_model: Path, calib: list[list[Any]], quant_type: str) -> Any:
-    """The TFLite converter exactly as onnx2tf configures it for ``model_integer_quant.tflite``
-    (``Optimize.DEFAULT``, builtin int8 + TF Select ops, per-channel unless ``per-tensor``), with a
-    representative dataset of the request's calibration arrays fed as ``(data - mean) / std``."""
+    """The TFLite converter as onnx2tf configures it for ``model_integer_quant.tflite`` (from the saved
+    model in its output folder; ``Optimize.DEFAULT``, builtin int8 + TF Select ops, per-channel unless
+    ``per-tensor``, batch matmuls not unfolded), with a representative dataset of the request's
+    calibration arrays fed as ``(data - mean) / std``."""
     import tensorflow as tf
 
     arrays = {name: (np.load(path, allow_pickle=False), mean, std) for name, path, mean, std in calib}
@@ -494,6 +495,7 @@ def _int8_converter(saved_model: Path, calib: list[list[Any]], quant_type: str) 
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.SELECT_TF_OPS]
     converter._experimental_disable_per_channel = quant_type == "per-tensor"  # noqa: SLF001 - as onnx2tf does
+    converter.unfold_batchmatmul = False  # onnx2tf's default (enable_batchmatmul_unfold=False)
     converter.representative_dataset = representative_dataset
     return converter
 
