@@ -82,13 +82,19 @@ def size_limit(source: ModelSource, bits: int | None) -> int | None:
     return None if bits is None else int(1.05 * parameter_count(source) * bits / 8 + 64 * 1024)
 
 
+MIN_BLOCK = 5
+
+
 def p50_interleaved(predictors: dict[str, Predictor], inputs: dict[str, np.ndarray], rounds: int = 9, seconds: float = 8.0) -> dict[str, float]:
     """Median ms per inference for each predictor, alternating blocks so all see the same machine state."""
     for predictor in predictors.values():
         for _ in range(3):
             predictor(inputs)
     probe = max(1e-4, max(_block(p, inputs, 1) for p in predictors.values()))
-    iterations = max(1, int(seconds * 1000 / (len(predictors) * rounds * probe)))
+    # At least MIN_BLOCK timed calls per block, each block after one untimed call: the first call after
+    # switching sessions pays for waking the runtime's threads and refilling caches, which a block of one
+    # or two calls would charge mostly to the faster (int8) model.
+    iterations = max(MIN_BLOCK, int(seconds * 1000 / (len(predictors) * rounds * probe)))
     samples: dict[str, list[float]] = {name: [] for name in predictors}
     names = list(predictors)
     for index in range(rounds):
@@ -98,6 +104,7 @@ def p50_interleaved(predictors: dict[str, Predictor], inputs: dict[str, np.ndarr
 
 
 def _block(predictor: Predictor, inputs: dict[str, np.ndarray], iterations: int) -> float:
+    predictor(inputs)  # untimed: see p50_interleaved
     started = time.perf_counter()
     for _ in range(iterations):
         predictor(inputs)

@@ -99,6 +99,31 @@ def test_latency_gate_rejects_a_slower_artifact():
     assert recorded.passed and recorded.latency_ratio == comparison.speedup
 
 
+class _SwitchPenalty(CallablePredictor):
+    """Steady ``ms`` per call, plus ``penalty_ms`` on the first call after another predictor ran."""
+
+    last: list[object] = [None]
+
+    def __init__(self, ms: float, penalty_ms: float) -> None:
+        super().__init__(self._run)
+        self.ms, self.penalty_ms = ms, penalty_ms
+
+    def _run(self, inputs):
+        switched = _SwitchPenalty.last[0] is not self
+        _SwitchPenalty.last[0] = self
+        time.sleep((self.ms + (self.penalty_ms if switched else 0.0)) / 1000.0)
+        return {"y": inputs["x"]}
+
+
+def test_latency_comparison_leaves_out_the_cost_of_switching_models():
+    # One call per block (tiny budget): if the first call after a switch were timed, the candidate (twice as
+    # fast in steady state) would look slower than the baseline.
+    baseline, candidate = _SwitchPenalty(4.0, 10.0), _SwitchPenalty(2.0, 10.0)
+    comparison = compare_latency(baseline, candidate, {"x": np.ones(2, np.float32)}, budget_s=0.001, rounds=5)
+    assert comparison.iterations_per_round == 1
+    assert comparison.speedup > 1.4, comparison
+
+
 def test_host_timings_gate_only_host_targets(registry):
     gates = {p.id: p.latency_gate for p in registry}
     assert gates["host-ort"] == gates["x86-openvino"] == "host"
