@@ -31,6 +31,7 @@ import numpy as np
 from edgepack import api
 from edgepack.compress.quantize import cpu_flags
 from edgepack.data.dataset import Dataset
+from edgepack.device_bench.compare import time_block
 from edgepack.exporters.base import Predictor
 from edgepack.exporters.onnx import export_onnx
 from edgepack.exporters.openvino import OpenVinoPredictor
@@ -90,25 +91,15 @@ def p50_interleaved(predictors: dict[str, Predictor], inputs: dict[str, np.ndarr
     for predictor in predictors.values():
         for _ in range(3):
             predictor(inputs)
-    probe = max(1e-4, max(_block(p, inputs, 1) for p in predictors.values()))
-    # At least MIN_BLOCK timed calls per block, each block after one untimed call: the first call after
-    # switching sessions pays for waking the runtime's threads and refilling caches, which a block of one
-    # or two calls would charge mostly to the faster (int8) model.
+    probe = max(1e-4, max(time_block(p, inputs, 1) for p in predictors.values()))
+    # At least MIN_BLOCK timed calls per block (time_block leaves the first call after a switch untimed).
     iterations = max(MIN_BLOCK, int(seconds * 1000 / (len(predictors) * rounds * probe)))
     samples: dict[str, list[float]] = {name: [] for name in predictors}
     names = list(predictors)
     for index in range(rounds):
         for name in names if index % 2 == 0 else reversed(names):
-            samples[name].append(_block(predictors[name], inputs, iterations))
+            samples[name].append(time_block(predictors[name], inputs, iterations))
     return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def _block(predictor: Predictor, inputs: dict[str, np.ndarray], iterations: int) -> float:
-    predictor(inputs)  # untimed: see p50_interleaved
-    started = time.perf_counter()
-    for _ in range(iterations):
-        predictor(inputs)
-    return (time.perf_counter() - started) * 1000 / iterations
 
 
 def _quality(source: ModelSource, predictor: Predictor, reference: Predictor, data: Dataset) -> str:

@@ -262,7 +262,7 @@ class _Chain:
         excludable = self.exporter.excludable_layers(
             self.source, self.result.profile, int8, self.calib, self.workdir / "_layers", quantizable_layers(hub)
         )
-        layers = excludable[: recipe.mixed.max_layers_ranked] if recipe.mixed.max_layers_ranked else excludable
+        layers = excludable[: recipe.mixed.max_layers_ranked]
         if not layers:
             raise UnsupportedError(f"{self.exporter.runtime}'s quantizer can keep none of this model's layers in float")
         gate = self.evaluation.gate

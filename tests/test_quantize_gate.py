@@ -40,6 +40,17 @@ def _only(registry: Registry, target: str, chain: list[str]) -> Registry:
     return Registry({target: registry.get(target).model_copy(update={"recipes": chain})})
 
 
+def _export_outlier(tmp_path: Path, registry: Registry, digits_files: tuple[Path, Path], target: str,
+                    chain: list[str], out: str = "out") -> dict:
+    """Export OUTLIER_FACTORY's model to ``target`` with ``chain`` and the digits data; its manifest entry."""
+    calib, eval_data = digits_files
+    factory = tmp_path / "outlier.py"
+    factory.write_text(OUTLIER_FACTORY)
+    result = api.export(f"{factory}:build", [target], out=tmp_path / out, calib=calib, eval_data=eval_data,
+                        registry=_only(registry, target, chain))
+    return result.manifest["targets"][target]
+
+
 @pytest.fixture(scope="module")
 def digits_files(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("digits-data")
@@ -132,12 +143,7 @@ def test_host_timings_gate_only_host_targets(registry):
 
 @pytest.mark.slow
 def test_mixed_precision_keeps_the_sensitive_layers_in_float(tmp_path, registry, digits_files):
-    calib, eval_data = digits_files
-    factory = tmp_path / "outlier.py"
-    factory.write_text(OUTLIER_FACTORY)
-    result = api.export(f"{factory}:build", ["x86-openvino"], out=tmp_path / "out", calib=calib, eval_data=eval_data,
-                        registry=_only(registry, "x86-openvino", ["int8", "int8-mixed", "fp32"]))
-    entry = result.manifest["targets"]["x86-openvino"]
+    entry = _export_outlier(tmp_path, registry, digits_files, "x86-openvino", ["int8", "int8-mixed", "fp32"])
     plain = entry["attempts"][0]
     assert plain["recipe"] == "int8" and plain["status"] == "rejected"
     ranking = entry["sensitivity"]
@@ -153,12 +159,7 @@ def test_mixed_precision_keeps_the_sensitive_layers_in_float(tmp_path, registry,
 
 @pytest.mark.slow
 def test_tflite_mixed_precision_ranks_mapped_layers_and_ships_float_islands(tmp_path, registry, digits_files):
-    calib, eval_data = digits_files
-    factory = tmp_path / "outlier.py"
-    factory.write_text(OUTLIER_FACTORY)
-    result = api.export(f"{factory}:build", ["android-pixel8"], out=tmp_path / "out", calib=calib, eval_data=eval_data,
-                        registry=_only(registry, "android-pixel8", ["int8", "int8-mixed", "fp32"]))
-    entry = result.manifest["targets"]["android-pixel8"]
+    entry = _export_outlier(tmp_path, registry, digits_files, "android-pixel8", ["int8", "int8-mixed", "fp32"])
     plain = entry["attempts"][0]
     assert plain["recipe"] == "int8" and plain["status"] == "rejected"
     ranking = entry["sensitivity"]
@@ -175,14 +176,10 @@ def test_tflite_mixed_precision_ranks_mapped_layers_and_ships_float_islands(tmp_
 
 @pytest.mark.slow
 def test_sensitivity_ranking_is_deterministic(tmp_path, registry, digits_files):
-    calib, eval_data = digits_files
-    factory = tmp_path / "outlier.py"
-    factory.write_text(OUTLIER_FACTORY)
-    rankings = []
-    for run in range(2):
-        result = api.export(f"{factory}:build", ["host-ort"], out=tmp_path / f"out{run}", calib=calib, eval_data=eval_data,
-                            registry=_only(registry, "host-ort", ["int8-mixed", "fp32"]))
-        rankings.append(result.manifest["targets"]["host-ort"]["sensitivity"])
+    rankings = [
+        _export_outlier(tmp_path, registry, digits_files, "host-ort", ["int8-mixed", "fp32"], out=f"out{run}")["sensitivity"]
+        for run in range(2)
+    ]
     assert rankings[0] == rankings[1]
     assert rankings[0][0]["drop"] > 0.5
 

@@ -26,13 +26,12 @@ class LayerSensitivity:
         return asdict(self)
 
 
-def quantizable_layers(onnx_path: Path, limit: int | None = None) -> list[str]:
+def quantizable_layers(onnx_path: Path) -> list[str]:
     """Names of the ONNX nodes a quantizer would turn into int8 compute, in graph order."""
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    names = [node.name for node in graph.node if node.op_type in QUANTIZABLE_OPS and node.name]
-    return names[:limit] if limit else names
+    return [node.name for node in graph.node if node.op_type in QUANTIZABLE_OPS and node.name]
 
 
 def rank_layers(

@@ -37,7 +37,7 @@ class LatencyComparison:
         }
 
 
-def _time_block(predictor: Predictor, inputs: Arrays, iterations: int) -> float:
+def time_block(predictor: Predictor, inputs: Arrays, iterations: int) -> float:
     """Mean ms per call over ``iterations`` calls, after one untimed call: the first call after the other
     predictor ran pays for waking this runtime's threads and refilling caches, a cost an app running one
     model steadily never sees (timed, it charged resnet50 int8 on ONNX Runtime 1.51x instead of 1.73x)."""
@@ -55,12 +55,12 @@ def compare_latency(
     for _ in range(warmup):
         baseline(inputs)
         candidate(inputs)
-    probe = max(_time_block(baseline, inputs, 1), _time_block(candidate, inputs, 1), 1e-3)
+    probe = max(time_block(baseline, inputs, 1), time_block(candidate, inputs, 1), 1e-3)
     iterations = max(1, int(budget_s * 1000.0 / (2 * rounds * probe)))
     base_times: list[float] = []
     cand_times: list[float] = []
     for index in range(rounds):
         pair = [(baseline, base_times), (candidate, cand_times)]
         for predictor, sink in pair if index % 2 == 0 else reversed(pair):
-            sink.append(_time_block(predictor, inputs, iterations))
+            sink.append(time_block(predictor, inputs, iterations))
     return LatencyComparison(statistics.median(base_times), statistics.median(cand_times), rounds, iterations)

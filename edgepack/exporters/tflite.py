@@ -218,9 +218,7 @@ class TfliteExporter(Exporter):
                 *notes,
                 f"onnx2tf pseudo-ops used for {', '.join(pseudo)} (builtin-op approximations instead of TF Select ops)",
             )
-        if flex:
-            raise ExportError(f"the .tflite needs TF Select (Flex) ops that LiteRT builtins lack: {', '.join(flex)}")
-        check_loadable(chosen)
+        _check_builtin_only(chosen, flex)
         return _Converted(chosen, "onnx2tf", tuple(notes), quantization.settings(job.samples))
 
     def _onnx2tf_file(self, source: ModelSource, job: _Onnx2tfJob, variant: str) -> tuple[Path, tuple[str, ...]]:
@@ -323,10 +321,7 @@ class TfliteExporter(Exporter):
         if not outcome.ok:
             raise ExportError(f"{outcome.reason} (log: {outcome.log})")
         chosen = Path(outcome.files["int8-mixed"])
-        flex = flex_ops(chosen)
-        if flex:
-            raise ExportError(f"the .tflite needs TF Select (Flex) ops that LiteRT builtins lack: {', '.join(flex)}")
-        check_loadable(chosen)
+        _check_builtin_only(chosen, flex_ops(chosen))
         computed_in_float = float_op_outputs(chosen)
         still_int8 = [layer for layer, op in zip(quantization.float_layers, float_ops) if op not in computed_in_float]
         if still_int8:
@@ -379,6 +374,14 @@ class TfliteExporter(Exporter):
             probe = _probe_outputs(source, path, io, input_map, calib, workdir)
         output_map = match_outputs(source.outputs, io.outputs, converter, probe)
         return io, input_map, output_map
+
+
+def _check_builtin_only(path: Path, flex: list[str]) -> None:
+    """Refuse a .tflite that needs TF Select (Flex) ops (``flex``, from :func:`flex_ops`) or that the LiteRT
+    interpreter cannot prepare."""
+    if flex:
+        raise ExportError(f"the .tflite needs TF Select (Flex) ops that LiteRT builtins lack: {', '.join(flex)}")
+    check_loadable(path)
 
 
 def _probe_outputs(

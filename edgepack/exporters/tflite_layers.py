@@ -98,6 +98,22 @@ def candidate_tensors(model: Any, layers: Sequence[str]) -> dict[str, list[str]]
     return chains
 
 
+def _builtin_interpreter(tflite_path: Path, *, preserve_all_tensors: bool) -> Any:
+    """A one-thread LiteRT interpreter on the builtin kernels (XNNPACK would fuse intermediates away), with
+    its tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with _native_stderr_captured():
+        interpreter = Interpreter(
+            model_path=str(tflite_path),
+            num_threads=1,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            experimental_preserve_all_tensors=preserve_all_tensors,
+        )
+        interpreter.allocate_tensors()
+    return interpreter
+
+
 def onnx_values(onnx_path: Path, tensors: Sequence[str], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The named tensors of ``onnx_path`` for ``feeds``, from ONNX Runtime (each made a graph output)."""
     import onnx
@@ -119,16 +135,7 @@ def onnx_values(onnx_path: Path, tensors: Sequence[str], feeds: Mapping[str, np.
 def tflite_values(tflite_path: Path, feeds: Mapping[str, np.ndarray], signature: str | None) -> list[_TfliteOutput]:
     """Every float op output of ``tflite_path`` for ``feeds`` (keyed by signature input name, artifact
     layout), in execution order, computed by the builtin kernels with all intermediates preserved."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    with _native_stderr_captured():
-        interpreter = Interpreter(
-            model_path=str(tflite_path),
-            num_threads=1,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            experimental_preserve_all_tensors=True,
-        )
-        interpreter.allocate_tensors()
+    interpreter = _builtin_interpreter(tflite_path, preserve_all_tensors=True)
     if signature is not None:
         indices = {n: d["index"] for n, d in interpreter.get_signature_runner(signature).get_input_details().items()}
     else:
@@ -202,12 +209,7 @@ def match_layers(
 def float_op_outputs(tflite_path: Path) -> set[str]:
     """Names of the float tensors that ops other than ``DEQUANTIZE`` write in ``tflite_path``: the ops a
     mixed-precision model really computes in float."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    with _native_stderr_captured():
-        interpreter = Interpreter(
-            model_path=str(tflite_path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        )
+    interpreter = _builtin_interpreter(tflite_path, preserve_all_tensors=False)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     return {
         details[index]["name"]
