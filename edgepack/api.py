@@ -37,6 +37,7 @@ from edgepack.models.reference import reference_predictor
 from edgepack.models.sample import example_dataset_arrays
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.pipeline import Evaluation, ProgressFn, TargetResult, run_target
+from edgepack.signals import raise_if_interrupted
 from edgepack.targets.placement import PlacementReport
 from edgepack.targets.registry import Registry, load_registry
 from edgepack.targets.schema import TargetProfile
@@ -215,6 +216,7 @@ def export(
             results: list[TargetResult] = []
             cached: list[str] = []
             for profile in profiles:
+                raise_if_interrupted()
                 key = keyer.key(profile) if keyer else None
                 hit = export_cache.get(key) if export_cache and key else None
                 if hit is not None:
@@ -249,6 +251,7 @@ def export(
                     progress("bundle", f"benchmarking on {bench}")
                     _bench_staged(bench_runner, writer.staging, manifest, bench_config)
                 _add_documents(writer, manifest)
+                raise_if_interrupted()  # never publish a bundle after SIGINT/SIGTERM, even one a toolchain swallowed
                 bundle = writer.commit(manifest, signer, archive=archive)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

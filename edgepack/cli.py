@@ -8,7 +8,6 @@ does not verify); a run where some target failed exits 1.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
+from edgepack import signals
 from edgepack.errors import EdgepackError, Terminated
 
 app = typer.Typer(
@@ -36,29 +36,24 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(signum)
-
-
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """One line on stderr and the error's exit code for every expected failure; SIGINT/SIGTERM unwind
-    (removing staged files) and exit 130/143."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    except EdgepackError as exc:
-        message = " ".join(str(exc).split())
-        print(f"edgepack: error: {message}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        print("edgepack: interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
-    except Terminated as exc:
-        print("edgepack: terminated", file=sys.stderr)
-        raise typer.Exit(128 + exc.signum) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    (removing staged files) and exit 130/143, even where a toolchain swallowed them
+    (:func:`edgepack.signals.listen`)."""
+    with signals.listen():
+        try:
+            yield
+        except EdgepackError as exc:
+            message = " ".join(str(exc).split())
+            print(f"edgepack: error: {message}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("edgepack: interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+        except Terminated as exc:
+            print("edgepack: terminated", file=sys.stderr)
+            raise typer.Exit(128 + exc.signum) from None
 
 
 def _print_json(data: Any) -> None:

@@ -29,6 +29,7 @@ from edgepack.exporters.registry import get_exporter
 from edgepack.models.reference import reference_predictor
 from edgepack.models.source import ModelSource
 from edgepack.parity import ParityReport, compare
+from edgepack.signals import raise_if_interrupted
 from edgepack.targets.placement import placement_for
 from edgepack.targets.schema import TargetProfile
 
@@ -126,6 +127,7 @@ class _Fp32Baseline:
                 artifact = exporter.export(source, profile, recipes.get("fp32"), calib, workdir / "_fp32_baseline")
                 self._predictor = exporter.predictor(artifact, source)
             except Exception as exc:  # noqa: BLE001 - no baseline means latency is not measurable, not a failure
+                raise_if_interrupted()  # a toolchain may have rewrapped SIGINT/SIGTERM
                 self._predictor = NotRunnable(f"fp32 baseline could not be built: {_one_line(exc)}")
         return self._predictor if isinstance(self._predictor, Predictor) else None
 
@@ -237,6 +239,7 @@ class _Chain:
                 self.result.artifact = artifact
                 self._place(artifact, compressed)
         except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
+            raise_if_interrupted()  # a toolchain may have rewrapped SIGINT/SIGTERM
             attempt.status, attempt.reason = "error", _one_line(exc)
         finally:
             attempt.seconds = time.perf_counter() - started
@@ -253,6 +256,7 @@ class _Chain:
             report = placement_for(profile, artifact.precision, artifact.path, artifact.format, hub)
             self.result.placement = None if report is None else report.to_dict()
         except Exception as exc:  # noqa: BLE001 - a placement problem is reported, the artifact still ships
+            raise_if_interrupted()  # a toolchain may have rewrapped SIGINT/SIGTERM
             self.result.placement = {"error": _one_line(exc)}
 
     def sensitivity(self, recipe: Recipe) -> list[LayerSensitivity]:
@@ -295,6 +299,7 @@ class _Chain:
         try:
             ranking = self.sensitivity(recipe)
         except Exception as exc:  # noqa: BLE001
+            raise_if_interrupted()  # a toolchain may have rewrapped SIGINT/SIGTERM
             ranking_attempt.reason = f"sensitivity analysis failed: {_one_line(exc)}"
             self.result.attempts.append(ranking_attempt)
             return

@@ -25,6 +25,7 @@ from edgepack import errors
 from edgepack.device_bench.config import BenchConfig, BenchResult
 from edgepack.device_bench.farm_config import DeviceSpec
 from edgepack.errors import EdgepackError
+from edgepack.signals import raise_if_interrupted
 
 WORKER_START_S = 120.0
 """Bound of a local worker's start (interpreter and imports), not counted in the job's timeout."""
@@ -69,6 +70,7 @@ def execute(task: Mapping[str, Any], bundle_dir: str | None = None) -> dict[str,
     except EdgepackError as exc:
         return {"error": str(exc), "type": type(exc).__name__, "transient": False}
     except Exception as exc:  # noqa: BLE001 - a runner bug is reported, and retried like a device fault
+        raise_if_interrupted()  # a runtime may have rewrapped SIGINT/SIGTERM
         return {"error": f"{type(exc).__name__}: {exc}", "type": "internal", "transient": True}
 
 

@@ -35,6 +35,7 @@ from edgepack.errors import InputError, UnsupportedError
 from edgepack.exporters.base import Arrays, Artifact, NotRunnable, Predictor
 from edgepack.models.sample import example_inputs
 from edgepack.models.source import ModelSource, TensorSpec
+from edgepack.signals import raise_if_interrupted
 
 HOST_ACCELERATORS = (None, "cpu")
 POLL_SECONDS = 1.0
@@ -219,6 +220,7 @@ def _infer(predictor: Predictor, feeds: Arrays, target: str) -> Arrays:
     try:
         return predictor(feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure becomes one clear line
+        raise_if_interrupted()  # a runtime may have rewrapped SIGINT/SIGTERM
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise RunnerError(f"{target}: inference failed: {message}") from None
 
