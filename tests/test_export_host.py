@@ -32,7 +32,8 @@ def test_digits_exports_to_every_host_runtime(digits_bundle):
     assert image["name"] == "image" and image["preprocess"]["scale"] == pytest.approx(1 / 16)
     for target in HOST_TARGETS:
         entry = manifest["targets"][target]
-        assert entry["status"] == "ok" and entry["recipe"] in entry["recipe_chain"]
+        # a mixed-precision winner is labelled by its variant, "int8-mixed[N float]" (int8 lost the speed gate)
+        assert entry["status"] == "ok" and entry["recipe"].split("[")[0] in entry["recipe_chain"]
         winner = [a for a in entry["attempts"] if a["status"] == "passed"]
         assert [a["recipe"] for a in winner] == [entry["recipe"]]
         floor = 0.9999 if entry["artifact"]["precision"] == "fp32" else 0.99

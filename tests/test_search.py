@@ -283,13 +283,19 @@ def test_rerun_resumes_and_same_seed_reproduces_the_choice(host_search):
     if fresh.chosen.key == result.chosen.key:
         assert load_recipe_file(root / "again" / "chosen-recipe.toml") == load_recipe_file(result.chosen_recipe)
         return
-    # Latency is re-measured on a shared 2-core machine: a different choice is only acceptable when the two
-    # were a measured tie in the fresh run (same candidates, both feasible, latencies within the tolerance).
+    # Latency is re-measured on a shared 2-core machine (digits runs in ~0.03 ms, and a loaded CI machine has
+    # measured the same artifact 1.8x apart between the two runs), so the choice may flip, and rung-0 survivors
+    # with it. A flip must come from the re-measured latencies alone: every finalist of both runs scores the
+    # same drop and size (cached, byte-identical artifacts), and the fresh choice is what its own measurements
+    # call for.
+    first = {t.key: t for t in result.trials if t.rung == 1 and t.status == "ok"}
     final = {t.key: t for t in fresh.trials if t.rung == 1 and t.status == "ok"}
-    original = final.get(result.chosen.key)
-    assert original is not None, "the first run's choice must reach the full evaluation again"
-    assert original.latency_ms <= fresh.chosen.latency_ms * (1 + TIE + 0.1), (original, fresh.chosen)
-    assert original.drop <= 0.01 and fresh.chosen.drop <= 0.01
+    assert result.default.key in final, "the default always reaches the full evaluation"
+    for key in first.keys() & final.keys():
+        assert (final[key].drop, final[key].size_bytes) == (pytest.approx(first[key].drop), first[key].size_bytes), key
+    report = json.loads((root / "again" / "front.json").read_text())
+    _check_front_and_choice(report["trials"], report["front"], report["chosen"], report["default"], report["constraints"])
+    assert result.chosen.drop <= 0.01 and fresh.chosen.drop <= 0.01
 
 
 @pytest.mark.slow
