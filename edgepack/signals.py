@@ -23,6 +23,7 @@ publishes a bundle.
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 import signal
 import sys
@@ -47,6 +48,7 @@ class _SigAction(ctypes.Structure):
     ]
 
 
+@functools.cache
 def _libc() -> Any | None:
     if sys.platform != "linux" or platform.machine() not in {"x86_64", "aarch64"}:
         return None
@@ -56,26 +58,27 @@ def _libc() -> Any | None:
         return None
 
 
+def _action(signum: int) -> _SigAction | None:
+    """The kernel's current ``sigaction`` for ``signum`` (None where it cannot be read here)."""
+    libc = _libc()
+    action = _SigAction()
+    if libc is None or libc.sigaction(signum, None, ctypes.byref(action)) != 0:
+        return None
+    return action
+
+
 def runs_on_alternate_stack(signum: int) -> bool | None:
     """Whether the kernel would run ``signum``'s handler on the alternate stack (None: cannot tell here)."""
-    libc = _libc()
-    if libc is None:
-        return None
-    action = _SigAction()
-    if libc.sigaction(signum, None, ctypes.byref(action)) != 0:
-        return None
-    return bool(action.flags & _SA_ONSTACK)
+    action = _action(signum)
+    return None if action is None else bool(action.flags & _SA_ONSTACK)
 
 
 def _run_on_thread_stack(signum: int) -> None:
-    libc = _libc()
-    if libc is None:
-        return
-    action = _SigAction()
-    if libc.sigaction(signum, None, ctypes.byref(action)) != 0 or not action.flags & _SA_ONSTACK:
+    action = _action(signum)
+    if action is None or not action.flags & _SA_ONSTACK:
         return
     action.flags &= ~_SA_ONSTACK
-    libc.sigaction(signum, ctypes.byref(action), None)
+    _libc().sigaction(signum, ctypes.byref(action), None)
 
 
 def install(signum: int, handler: Any) -> Any:

@@ -247,11 +247,10 @@ def _measure(
         before = time.perf_counter()
         _infer(predictor, feeds, target)
         after = time.perf_counter()
+        wall_ms = (after - before) * 1000.0
+        run.samples.append(_latency_ms(predictor, target, wall_ms))
         if clocked:
-            run.wall.append((after - before) * 1000.0)
-            run.samples.append(_runtime_ms(predictor, target))
-        else:
-            run.samples.append((after - before) * 1000.0)
+            run.wall.append(wall_ms)
         if after - last_poll >= POLL_SECONDS:
             meter.poll()
             rss.sample()
@@ -270,7 +269,10 @@ def _measure(
     return run
 
 
-def _runtime_ms(predictor: Predictor, target: str) -> float:
+def _latency_ms(predictor: Predictor, target: str, wall_ms: float) -> float:
+    """One inference's latency on the primary clock: the runtime's own where it keeps one, else ``wall_ms``."""
+    if predictor.runtime_clock is None:
+        return wall_ms
     value = predictor.runtime_latency_ms()
     if value is None or not value >= 0.0:
         raise RunnerError(f"{target}: the runtime reported no latency for an inference ({predictor.runtime_clock})")
@@ -289,7 +291,7 @@ def _sustain(
         _infer(predictor, feeds, target)
         after = time.perf_counter()
         times.append(before - started)
-        latencies.append(_runtime_ms(predictor, target) if predictor.runtime_clock else (after - before) * 1000.0)
+        latencies.append(_latency_ms(predictor, target, (after - before) * 1000.0))
         if after - started >= seconds or time.monotonic() > deadline:
             break
     width = max(seconds, times[-1]) / SUSTAINED_BINS
