@@ -6,7 +6,7 @@ and do not stop the other targets.
 
 from __future__ import annotations
 
-import errno
+import logging
 import re
 import shutil
 import tempfile
@@ -16,12 +16,14 @@ from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgepack._faults import fault_point
+from edgepack._fs import make_temp_dir, sweep_stale
 from edgepack.bundle.hashing import canonical_json
 from edgepack.bundle.lock import BundleLock
 from edgepack.bundle.manifest import artifact_dir, build_manifest, target_entry
 from edgepack.bundle.signing import load_signer
 from edgepack.bundle.verify import VerifyResult, verify_bundle
-from edgepack.bundle.writer import BundleWriter
+from edgepack.bundle.writer import BundleWriter, is_edgepack_bundle, prepare_destination, read_manifest
 from edgepack.compress.gate import Gate, parse_metric
 from edgepack.compress.passes import PassContext, TrainStep
 from edgepack.compress.recipe import RecipeBook, load_recipe_file, load_recipes
@@ -29,7 +31,7 @@ from edgepack.data.dataset import Dataset, load_dataset
 from edgepack.data.image_folder import load_image_folder
 from edgepack.data.metric_function import MetricFunction, is_metric_function, load_metric_function
 from edgepack.exporters.onnx import export_onnx
-from edgepack.errors import DataError, EdgepackError, InputError, OutputError
+from edgepack.errors import DataError, EdgepackError, InputError, OutputError, environment_failure
 from edgepack.export_cache import ExportCache, default_cache_dir, target_key
 from edgepack.models.input_spec import parse_input_spec
 from edgepack.models.loaders import load_source
@@ -46,7 +48,11 @@ PARITY_SAMPLES = 32
 CHECK_CONVERTERS = {"tflite": "tflite"}
 """Which exporter produces the graph a vocabulary is checked on (Edge TPU profiles are checked on TFLite)."""
 SYNTHETIC_SAMPLES = 8
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+FIDELITY_SEED = 1
+"""Seed of the synthetic fidelity inputs (the first :data:`SYNTHETIC_SAMPLES` are the synthetic parity inputs)."""
+SCRATCH_PREFIX = "edgepack-"
+"""Per-export scratch directories in the system temp dir (``edgepack-<pid>.<random>``)."""
+log = logging.getLogger("edgepack")
 
 
 @dataclass
@@ -59,10 +65,12 @@ class ExportResult:
     """Targets exported in this run (cache hits are in ``cached`` and only in the manifest)."""
     cached: list[str] = field(default_factory=list)
     """Target ids replayed from the export cache."""
+    published: bool = True
+    """False when every target failed and the previous, complete bundle at ``bundle`` was kept instead."""
 
     @property
     def ok(self) -> bool:
-        return self.manifest["status"] == "ok"
+        return self.published and self.manifest["status"] == "ok"
 
 
 def _bundle_name(source: ModelSource, name: str | None) -> str:
@@ -106,18 +114,43 @@ def _evaluation(
     source: ModelSource, calib: Dataset | None, eval_data: Dataset | None, max_drop: float, max_slowdown: float,
     metric: str = "auto", scorer: tuple[str, MetricFunction] | None = None,
 ) -> Evaluation:
-    """Held-out parity inputs: eval data, else the tail of calib data, else synthetic inputs."""
+    """Held-out parity inputs: eval data, else the tail of calib data, else synthetic inputs.
+
+    The gate reads the labelled eval data when there is some; otherwise it is a fidelity gate on its own,
+    larger set of :func:`~edgepack.compress.gate.fidelity_samples` samples (see :func:`_fidelity_set`), so
+    that one changed prediction is at most half of ``max_drop``. Parity keeps its small set.
+    """
+    from edgepack.compress.gate import fidelity_samples
+
     if eval_data is not None:
         parity = eval_data.take(slice(0, PARITY_SAMPLES))
     elif calib is not None and len(calib) >= 8:
         parity = calib.take(slice(len(calib) - min(PARITY_SAMPLES, len(calib) // 4), None))
     else:
         parity = Dataset(example_dataset_arrays(source.inputs, SYNTHETIC_SAMPLES, seed=1), None, "synthetic")
-    gate_data = eval_data if eval_data is not None else Dataset(parity.inputs, None, parity.origin)
+    gate_data = eval_data if eval_data is not None else _fidelity_set(source, calib, fidelity_samples(max_drop))
     name, function = scorer if scorer is not None else ("", None)
     gate = Gate(gate_data, source.outputs[0].name, max_drop, latency_tolerance=max_slowdown, metric=metric,
                 scorer=function, scorer_name=name)
     return Evaluation(reference_predictor(source), parity, gate)
+
+
+def _fidelity_set(source: ModelSource, calib: Dataset | None, count: int) -> Dataset:
+    """``count`` unlabelled inputs for the fidelity gate: the last ``count`` calibration samples (real inputs;
+    the quantizers calibrate on the first ones), topped up with synthetic inputs when there are fewer."""
+    import numpy as np
+
+    if calib is None or len(calib) == 0:
+        return Dataset(example_dataset_arrays(source.inputs, count, seed=FIDELITY_SEED), None, "synthetic")
+    real = calib.take(slice(max(0, len(calib) - count), None))
+    missing = count - len(real)
+    if missing <= 0:
+        return Dataset(real.inputs, None, calib.origin)
+    extra = example_dataset_arrays(source.inputs, missing, seed=FIDELITY_SEED)
+    if any(extra[k].shape[1:] != v.shape[1:] for k, v in real.inputs.items() if k in extra) or set(extra) != set(real.inputs):
+        return Dataset(real.inputs, None, calib.origin)  # symbolic dims: synthetic samples would not stack
+    inputs = {k: np.concatenate([v, extra[k].astype(v.dtype, copy=False)], axis=0) for k, v in real.inputs.items()}
+    return Dataset(inputs, None, f"{calib.origin} ({len(real)}) + synthetic ({missing})")
 
 
 def _load_data(path: str | Path | None, source: ModelSource, builtin: str, *, labels: bool) -> Dataset | None:
@@ -209,7 +242,11 @@ def export(
     export_cache = ExportCache(cache_dir) if cache_dir else None
 
     with _writable_output(destination), BundleLock(destination):
-        scratch = Path(tempfile.mkdtemp(prefix="edgepack-"))
+        prepare_destination(destination)  # a stranded old bundle back, a user's folder refused, stale staging gone
+        sweep_stale(Path(tempfile.gettempdir()), SCRATCH_PREFIX)
+        if export_cache:
+            export_cache.sweep()
+        scratch = make_temp_dir(SCRATCH_PREFIX)
         try:
             entries: dict[str, dict[str, Any]] = {}
             files: dict[str, Path] = {}
@@ -232,6 +269,7 @@ def export(
                 files.update(target_files)
                 if export_cache and key and result.status == "ok":
                     export_cache.put(key, entry, target_files)
+                fault_point("export.target-done")
             if fail_on_fallback is not None:
                 entries = {target: _limit_cpu_fallback(entry, fail_on_fallback) for target, entry in entries.items()}
             manifest = build_manifest(
@@ -243,6 +281,10 @@ def export(
                 max_drop=max_drop,
                 max_slowdown=max_slowdown,
             )
+            if _would_lose_a_bundle(manifest, destination, archive):
+                raise_if_interrupted()
+                log.warning("every target failed; kept the previous bundle at %s", destination)
+                return ExportResult(destination, manifest, results, cached, published=False)
             progress("bundle", "writing")
             with BundleWriter(destination) as writer:
                 for relative, path in sorted(files.items()):
@@ -256,6 +298,20 @@ def export(
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return ExportResult(bundle, manifest, results, cached)
+
+
+def _would_lose_a_bundle(manifest: dict[str, Any], destination: Path, archive: bool) -> bool:
+    """True when the new bundle has no artifact at all while the one it would replace has some: a run where
+    everything failed never replaces a working bundle."""
+    if archive or any(entry.get("artifact") for entry in manifest["targets"].values()):
+        return False
+    if not is_edgepack_bundle(destination):
+        return False
+    try:
+        previous = read_manifest(destination)
+    except EdgepackError:
+        return False
+    return any(isinstance(entry, dict) and entry.get("artifact") for entry in (previous.get("targets") or {}).values())
 
 
 def _evaluation_label(scorer: tuple[str, Any] | None, eval_set: Dataset | None, evaluation: Evaluation, metric: str) -> str:
@@ -300,22 +356,27 @@ def _check_eval_set(eval_set: Dataset, source: ModelSource) -> None:
 
 @contextmanager
 def _writable_output(destination: Path) -> Iterator[None]:
-    """Create ``OUT`` if needed (removed again if the export leaves nothing there) and turn a full disk or a
-    read-only location into one :class:`OutputError`."""
+    """Create ``OUT`` if needed (removed again if the export leaves nothing there); an ``OUT`` that is a file
+    is an :class:`OutputError`, and a full disk, an I/O error or a forbidden location anywhere in the export
+    (``--out``, ``TMPDIR``, the cache) one :class:`~edgepack.errors.EnvironmentFailure`."""
     parent = destination.parent
     created = False
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputError(f"--out {parent}: {folder} is a file, not a directory",
+                                  hint="choose a directory for --out")
+            break
     try:
         if not parent.exists():
             parent.mkdir(parents=True)
             created = True
         yield
     except OSError as exc:
-        if exc.errno in NO_SPACE_ERRNOS:
-            raise OutputError(f"{destination}: no space left on the device while writing the bundle",
-                              hint="free space or choose another --out; the previous bundle is untouched") from None
-        if isinstance(exc, PermissionError):
-            raise OutputError(f"{exc.filename or parent}: permission denied", hint="choose a writable --out") from None
-        raise
+        failure = environment_failure(exc, f"writing {destination}")
+        if failure is exc:
+            raise
+        raise failure from None
     finally:
         if created:
             try:

@@ -7,6 +7,12 @@ contents, and the gate settings. A hit replays the recorded entry (measured numb
 any change misses. Only successful targets are stored. The cache is best effort: a cache that cannot be
 read or written is skipped, never an export failure.
 
+Entries are verified on every hit: ``entry.json`` records the SHA-256 of every cached file and of the entry
+document itself, and the artifact record carries its own hash; a truncated, bit-flipped, missing or extra
+file (or an edited entry) evicts the entry with one warning and the target is exported again. ``put`` writes
+to a temp name owned by this process, fsyncs, then renames into place, replacing a damaged entry; temp
+names left by killed processes are swept at the start of the next export.
+
 Location: ``$EDGEPACK_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgepack``, else ``~/.cache/edgepack``.
 ``EDGEPACK_CACHE=off`` (or ``--no-cache`` / ``cache=False``) disables it.
 """
@@ -15,9 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,6 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from edgepack import __version__
+from edgepack._faults import fault_point
+from edgepack._fs import fsync_dir, fsync_tree, make_temp_dir, remove_path, swap_into_place, sweep_stale
+from edgepack.bundle.hashing import canonical_json
+from edgepack.bundle.verify import artifact_digest
+from edgepack.hashing import file_sha256
 from edgepack.compress.recipe import RecipeBook
 from edgepack.models.source import ModelSource
 from edgepack.targets.schema import TargetProfile
@@ -35,6 +45,8 @@ EXPORT_STACK = ("torch", "torchvision", "timm", "transformers", "onnx", "onnxscr
 """Packages every exporter's input goes through (the ONNX hub export), keyed besides each exporter's own."""
 ENTRY_FILE = "entry.json"
 FILES_DIR = "files"
+TEMP_SUFFIX = ".tmp"
+log = logging.getLogger("edgepack")
 
 
 def default_cache_dir() -> Path | None:
@@ -90,44 +102,113 @@ def target_key(
     return hashlib.sha256(payload).hexdigest()
 
 
+class CacheDamage(ValueError):
+    """A cache entry whose files or document no longer match what was recorded."""
+
+
 class ExportCache:
-    """A directory of ``<key>/entry.json`` + ``<key>/files/<bundle-relative path>``."""
+    """A directory of ``targets/<key>/entry.json`` + ``targets/<key>/files/<bundle-relative path>``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.targets = root / "targets"
+
+    def sweep(self) -> list[Path]:
+        """Remove temp entries and evicted folders left by processes that no longer run."""
+        return sweep_stale(self.targets, ".", TEMP_SUFFIX)
 
     def get(self, key: str) -> CachedTarget | None:
-        """The cached target for ``key``, or ``None`` (absent, incomplete or unreadable)."""
-        folder = self.root / "targets" / key
+        """The verified cached target for ``key``, or ``None``: absent or unreadable (a miss), or damaged
+        (evicted with a warning naming what was wrong)."""
+        folder = self.targets / key
+        if not folder.exists():
+            return None
         try:
-            entry = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
-            listed = entry.pop("_files")
-            files = {relative: folder / FILES_DIR / relative for relative in listed}
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if not all(path.is_file() for path in files.values()):
-            return None
-        return CachedTarget(entry, files)
+            return _load(folder)
+        except CacheDamage as exc:
+            log.warning("export cache entry %s is damaged (%s); evicted, exporting again", key[:12], exc)
+            self._evict(folder)
+        except OSError:
+            pass
+        return None
 
     def put(self, key: str, entry: Mapping[str, Any], files: Mapping[str, Path]) -> None:
-        """Store a target (atomically: a half-written entry is never visible); errors are ignored."""
-        folder = self.root / "targets" / key
+        """Store a target: written under a temp name, fsynced, renamed into place (a half-written entry is
+        never visible); an existing damaged entry is replaced. Errors are ignored."""
+        folder = self.targets / key
         if folder.exists():
-            return
+            try:
+                _load(folder)
+                return  # already cached and intact
+            except (CacheDamage, OSError):
+                pass
         staging: Path | None = None
         try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", suffix=".tmp", dir=folder.parent))
-            for relative, path in files.items():
+            self.targets.mkdir(parents=True, exist_ok=True)
+            staging = make_temp_dir(".", self.targets, TEMP_SUFFIX)
+            hashes: dict[str, str] = {}
+            for relative, path in sorted(files.items()):
                 target = staging / FILES_DIR / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
-            document = {**entry, "_files": sorted(files)}
-            (staging / ENTRY_FILE).write_text(json.dumps(document, sort_keys=True), encoding="utf-8")
-            os.rename(staging, folder)
+                with path.open("rb") as reader, target.open("wb") as writer:
+                    digest = hashlib.sha256()
+                    for chunk in iter(lambda: reader.read(1 << 20), b""):
+                        digest.update(chunk)
+                        writer.write(chunk)
+                hashes[relative] = digest.hexdigest()
+            document = {**entry, "_files": hashes, "_entry_sha256": _entry_digest(entry)}
+            (staging / ENTRY_FILE).write_bytes(canonical_json(document))
+            fsync_tree(staging)
+            fault_point("cache.staged")
+            swap_into_place(staging, folder)
+            fsync_dir(self.targets)
             staging = None
         except OSError:
             pass
         finally:
             if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+                remove_path(staging)
+
+    def _evict(self, folder: Path) -> None:
+        try:  # renamed first, so a half-deleted entry is never read as one
+            doomed = make_temp_dir(".", self.targets, TEMP_SUFFIX)
+            os.rename(folder, doomed / "evicted")
+        except OSError:
+            remove_path(folder)
+            return
+        remove_path(doomed)
+
+
+def _entry_digest(entry: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(dict(entry))).hexdigest()
+
+
+def _load(folder: Path) -> CachedTarget:
+    """Read and verify one entry; :class:`CacheDamage` names the first thing that does not match."""
+    try:
+        document = json.loads((folder / ENTRY_FILE).read_bytes())
+    except FileNotFoundError:
+        raise CacheDamage(f"{ENTRY_FILE} is missing") from None
+    except ValueError:
+        raise CacheDamage(f"{ENTRY_FILE} is not valid JSON") from None
+    if not isinstance(document, dict) or not isinstance(document.get("_files"), dict):
+        raise CacheDamage(f"{ENTRY_FILE} has no file table (written by an older edgepack)")
+    hashes: dict[str, str] = document.pop("_files")
+    recorded = document.pop("_entry_sha256", None)
+    if recorded != _entry_digest(document):
+        raise CacheDamage(f"{ENTRY_FILE} was modified")
+    root = folder / FILES_DIR
+    files = {relative: root / relative for relative in hashes}
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()} if root.is_dir() else set()
+    for relative in sorted(set(hashes) | present):
+        path = root / relative
+        if relative not in hashes:
+            raise CacheDamage(f"unexpected file {relative}")
+        if not path.is_file() or path.is_symlink():
+            raise CacheDamage(f"{relative} is missing")
+        if file_sha256(path) != hashes[relative]:
+            raise CacheDamage(f"{relative} does not match its recorded sha256")
+    artifact = document.get("artifact")
+    if isinstance(artifact, Mapping) and artifact.get("sha256") != artifact_digest(str(artifact.get("path")), hashes):
+        raise CacheDamage(f"artifact {artifact.get('path')} does not match the artifact's recorded sha256")
+    return CachedTarget(document, files)

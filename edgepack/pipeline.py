@@ -1,4 +1,4 @@
-"""One target's flow (DESIGN.md §2): walk the recipe chain, export, run, check parity and the gate.
+"""One target's flow: walk the recipe chain, export, run, check parity and the gate.
 
 The first recipe whose artifact passes parity and the gate wins; every attempt is recorded.
 """
@@ -22,7 +22,7 @@ from edgepack.compress.recipe import Recipe, RecipeBook
 from edgepack.compress.sensitivity import LayerSensitivity, exclusion_candidates, quantizable_layers, rank_layers
 from edgepack.device_bench.compare import LatencyComparison, compare_latency
 from edgepack.data.dataset import Dataset
-from edgepack.errors import EdgepackError, UnsupportedError
+from edgepack.errors import EdgepackError, UnsupportedError, environment_failure
 from edgepack.exporters.base import Artifact, Exporter, NotRunnable, Predictor
 from edgepack.exporters.onnx import export_onnx
 from edgepack.exporters.registry import get_exporter
@@ -102,6 +102,16 @@ class Evaluation:
         return self._reference_logits
 
 
+def _raise_if_fatal(exc: BaseException, target: str) -> None:
+    """Re-raise what must stop the whole export instead of failing one attempt: SIGINT/SIGTERM (even when
+    a toolchain rewrapped it) and environmental faults (disk full, I/O error, permissions), which say
+    nothing about the model and must not be recorded as a recipe's failure."""
+    raise_if_interrupted()
+    failure = environment_failure(exc, f"exporting target '{target}'")
+    if failure is not exc:
+        raise failure from None
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, EdgepackError):
         return str(exc)
@@ -127,7 +137,7 @@ class _Fp32Baseline:
                 artifact = exporter.export(source, profile, recipes.get("fp32"), calib, workdir / "_fp32_baseline")
                 self._predictor = exporter.predictor(artifact, source)
             except Exception as exc:  # noqa: BLE001 - no baseline means latency is not measurable, not a failure
-                raise_if_interrupted()  # a toolchain may have rewrapped SIGINT/SIGTERM
+                _raise_if_fatal(exc, profile.id)
                 self._predictor = NotRunnable(f"fp32 baseline could not be built: {_one_line(exc)}")
         return self._predictor if isinstance(self._predictor, Predictor) else None
 
@@ -239,7 +249,7 @@ class _Chain:
                 self.result.artifact = artifact
                 self._place(artifact, compressed)
         except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
-            raise_if_interrupted()  # a toolchain may have rewrapped SIGINT/SIGTERM
+            _raise_if_fatal(exc, profile.id)
             attempt.status, attempt.reason = "error", _one_line(exc)
         finally:
             attempt.seconds = time.perf_counter() - started
@@ -256,7 +266,7 @@ class _Chain:
             report = placement_for(profile, artifact.precision, artifact.path, artifact.format, hub)
             self.result.placement = None if report is None else report.to_dict()
         except Exception as exc:  # noqa: BLE001 - a placement problem is reported, the artifact still ships
-            raise_if_interrupted()  # a toolchain may have rewrapped SIGINT/SIGTERM
+            _raise_if_fatal(exc, profile.id)
             self.result.placement = {"error": _one_line(exc)}
 
     def sensitivity(self, recipe: Recipe) -> list[LayerSensitivity]:
@@ -299,7 +309,7 @@ class _Chain:
         try:
             ranking = self.sensitivity(recipe)
         except Exception as exc:  # noqa: BLE001
-            raise_if_interrupted()  # a toolchain may have rewrapped SIGINT/SIGTERM
+            _raise_if_fatal(exc, self.result.profile.id)
             ranking_attempt.reason = f"sensitivity analysis failed: {_one_line(exc)}"
             self.result.attempts.append(ranking_attempt)
             return

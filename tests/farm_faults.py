@@ -1,16 +1,22 @@
 """A runner that misbehaves on chosen calls, for the farm's fault-injection tests (imported by the farm's
 worker processes and Ray workers, so it stays light: no torch, no pytest).
 
-``fault://NAME?state=DIR&on=1,2&mode=error|hang|kill|kill-farm`` counts its calls in ``DIR/calls``; on the
-calls listed in ``on`` it raises a :class:`RunnerError` (``error``), sleeps forever (``hang``), SIGKILLs
-its own process (``kill``) or its parent, the farm process (``kill-farm``). Every other call measures
-the artifact for real with the host runner.
+``fault://NAME?state=DIR&on=1,2&mode=error|hang|kill|kill-farm|orphan`` counts its calls in ``DIR/calls``; on
+the calls listed in ``on`` it raises a :class:`RunnerError` (``error``), sleeps forever (``hang``), SIGKILLs
+its own process (``kill``) or its parent, the farm process (``kill-farm``, then exits; ``orphan``, then
+goes on measuring as if nothing happened, an orphaned worker). Every other call measures the artifact for
+real with the host runner.
+
+Run as a script, ``python tests/farm_faults.py ARGS...`` is the ``edgepack`` CLI with this runner
+registered (``fault://`` URIs in farm files) and, when ``$EDGEPACK_TEST_FARM_EXPORTS`` names a directory,
+the farm's exports reused from there (tests export once, not once per CLI call).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -62,4 +68,28 @@ class FaultRunner(Runner):
             if self.mode == "kill-farm":
                 os.kill(os.getppid(), signal.SIGKILL)
                 os._exit(1)
+            if self.mode == "orphan":
+                os.kill(os.getppid(), signal.SIGKILL)
+                time.sleep(0.5)  # the farm process is gone; measure anyway and try to answer it
         return replace(HostRunner().run(artifact, config, inputs=inputs), runner=self.uri)
+
+
+def _cli(argv: Sequence[str]) -> None:
+    import torch  # noqa: F401  (before anything that may import TensorFlow)
+
+    from edgepack.device_bench import farm
+    from edgepack.device_bench.runners.base import RUNNERS
+
+    RUNNERS[SCHEME] = TARGET
+    exports = os.environ.get("EDGEPACK_TEST_FARM_EXPORTS")
+    if exports:
+        cache = farm.ExportCache
+        farm.ExportCache = lambda root=None, *, reuse=False: cache(Path(exports), reuse=True)  # type: ignore[misc]
+    from edgepack.cli import main
+
+    sys.argv = ["edgepack", *argv]
+    main()
+
+
+if __name__ == "__main__":
+    _cli(sys.argv[1:])

@@ -239,9 +239,9 @@ def test_bench_cli_json(tmp_path):
 
     bundle = api.export("demo:digits", ["host-ort"], out=tmp_path, recipe_chain=["fp32"]).bundle
     proc = subprocess.run([sys.executable, "-m", "edgepack.cli", "bench", str(bundle), "--seconds", "0.3",
-                           "--iterations", "30", "--json"], capture_output=True, text=True, timeout=300)
+                           "--iterations", "30", "--json", "--raw"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    (result,) = json.loads(proc.stdout)
+    (result,) = json.loads(proc.stdout)["result"]
     assert result["target"] == "host-ort" and result["p50"] > 0 and len(result["latencies_ms"]) >= 30
     bad = subprocess.run([sys.executable, "-m", "edgepack.cli", "bench", str(bundle), "--runner", "ssh://root@host;rm"],
                          capture_output=True, text=True, timeout=120)

@@ -55,7 +55,7 @@ def test_reexport_replaces_the_bundle_atomically(bundle):
 def test_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path):
     (tmp_path / "digits-cnn.edgepack").mkdir()
     (tmp_path / "digits-cnn.edgepack" / "notes.txt").write_text("mine")
-    with pytest.raises(BundleError, match="not an edgepack bundle"):
+    with pytest.raises(OutputError, match="not a bundle edgepack wrote"):
         api.export("demo:digits", ["host-ort"], out=tmp_path)
     assert (tmp_path / "digits-cnn.edgepack" / "notes.txt").read_text() == "mine"
 

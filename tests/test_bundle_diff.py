@@ -63,7 +63,7 @@ def test_recipe_change_between_real_exports(bundles):
     assert [c.target for c in result.breaking] == ["jetson-orin"]
     done = CliRunner().invoke(app, ["diff", str(old), str(new), "--json"])
     assert done.exit_code == 1
-    data = json.loads(done.stdout)
+    data = json.loads(done.stdout)["result"]
     assert data["breaking"] is True and any(c["aspect"] == "recipe" for c in data["changes"])
     assert CliRunner().invoke(app, ["diff", str(old), str(new), "--allow-breaking"]).exit_code == 0
 

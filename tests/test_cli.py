@@ -40,7 +40,7 @@ def test_help_is_fast():
 def test_targets_list_json(registry):
     proc = run("targets", "list", "--json")
     assert proc.returncode == 0
-    rows = json.loads(proc.stdout)
+    rows = json.loads(proc.stdout)["result"]
     assert {row["id"] for row in rows} == set(registry.ids())
     assert all(row["runtime"] and row["recipes"] for row in rows)
 
@@ -49,7 +49,7 @@ def test_targets_list_table_and_show():
     table = run("targets", "list")
     assert table.returncode == 0 and "host-ort" in table.stdout
     show = run("targets", "show", "host-ort", "--json")
-    assert show.returncode == 0 and json.loads(show.stdout)["runtime"] == "onnxruntime"
+    assert show.returncode == 0 and json.loads(show.stdout)["result"]["runtime"] == "onnxruntime"
     human = run("targets", "show", "x86-openvino")
     assert human.returncode == 0 and "recipes:" in human.stdout
 
@@ -74,7 +74,9 @@ def test_export_json_and_partial_failure_exit_code(tmp_path):
     proc = run("export", "demo:digits", "-t", "host-ort", "-t", "coral-edgetpu", "--recipe", "fp32",
                "--out", str(tmp_path), "--json")
     assert proc.returncode == 1
-    data = json.loads(proc.stdout)
+    envelope = json.loads(proc.stdout)
+    assert envelope["ok"] is False and envelope["command"] == "export"
+    data = envelope["result"]
     assert data["ok"] is False
     assert data["manifest"]["targets"]["host-ort"]["status"] == "ok"
     coral = data["manifest"]["targets"]["coral-edgetpu"]

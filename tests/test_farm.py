@@ -279,18 +279,44 @@ def test_bad_farm_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_example_farm_file_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEPACK_FARM_SSH", raising=False)
     monkeypatch.setenv("EDGEPACK_FARM_SSH_PORT", "2222")
     monkeypatch.setenv("EDGEPACK_FARM_SSH_KEY", "keys/farm")
     config = load_farm(EXAMPLE)
     ssh = config.device("loopback-ssh")
     assert ssh.runner.endswith("@127.0.0.1:2222")
     assert ssh.options["identity"] == str(EXAMPLE.parent / "keys" / "farm")
-    assert [j.device for j in plan_jobs(config)] == ["this-host", "loopback-ssh"]
+    assert not ssh.enabled and [j.device for j in plan_jobs(config)] == ["this-host"]  # SSH is opt-in
+    monkeypatch.setenv("EDGEPACK_FARM_SSH", "true")
+    assert [j.device for j in plan_jobs(load_farm(EXAMPLE))] == ["this-host", "loopback-ssh"]
+
+
+def test_disabled_devices_get_no_jobs(store: Store, exports: ExportCache) -> None:
+    data = farm({"on": HOST, "off": {"runner": "ssh://nobody@127.0.0.1:1?identity=/no/such/key"}})
+    data["devices"][1]["enabled"] = False
+    run = run_farm(parse_farm(data), store, exports=exports)
+    assert run.ok and [j.spec.device for j in run.jobs] == ["on"] and "off" not in store.devices()
+    data["devices"][0]["enabled"] = "false"
+    with pytest.raises(InputError, match="every device has enabled = false"):
+        parse_farm(data, "farm.toml")
+
+
+def test_failing_device_is_marked_until_it_succeeds(store: Store, exports: ExportCache, tmp_path: Path) -> None:
+    config = parse_farm(farm({"flaky": fault(tmp_path / "flaky", "2", "error")}, models=3, retries=0))
+    seen: list[dict] = []
+    run = run_farm(config, store, exports=exports,  # the third job's line comes before its success is recorded
+                   progress=lambda line: seen.append(store.devices()["flaky"]) if "digits-2" in line else None)
+    assert states(store, run.run_id) == {("flaky", "digits-0"): ("ok", 1), ("flaky", "digits-1"): ("failed", 1),
+                                         ("flaky", "digits-2"): ("ok", 1)}
+    assert seen[0]["status"] == "failing" and "digits-1/host-ort/fp32: failed" in seen[0]["reason"]
+    assert "injected failure on call 2" in seen[0]["reason"]
+    assert store.devices()["flaky"] == {**seen[0], "status": "online", "reason": None}  # its next job succeeded
 
 
 @pytest.mark.slow
 def test_example_farm_runs_for_real(sshd: SshServer, tmp_path: Path) -> None:
-    env = {**os.environ, "EDGEPACK_FARM_SSH_USER": getpass.getuser(), "EDGEPACK_FARM_SSH_PORT": str(sshd.port),
+    env = {**os.environ, "EDGEPACK_FARM_SSH": "true",  # the SSH device is opt-in
+           "EDGEPACK_FARM_SSH_USER": getpass.getuser(), "EDGEPACK_FARM_SSH_PORT": str(sshd.port),
            "EDGEPACK_FARM_SSH_KEY": str(sshd.identity), "EDGEPACK_FARM_SSH_KNOWN_HOSTS": str(sshd.known_hosts),
            "EDGEPACK_FARM_SSH_PYTHON": sys.executable}
     db = f"sqlite:///{tmp_path / 'example.sqlite'}"
@@ -298,7 +324,7 @@ def test_example_farm_runs_for_real(sshd: SshServer, tmp_path: Path) -> None:
     run = subprocess.run([*edgepack, "run", str(EXAMPLE), "--db", db, "--json"], capture_output=True, text=True,
                          env=env, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    summary = json.loads(run.stdout)
+    summary = json.loads(run.stdout)["result"]
     assert (summary["ok"], summary["failed"], summary["skipped"], summary["exports"]) == (2, 0, 0, 1)
     regress = subprocess.run([*edgepack, "regress", "--db", db, "--junit", str(tmp_path / "j.xml")],
                              capture_output=True, text=True, env=env, timeout=120)

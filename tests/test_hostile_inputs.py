@@ -1,6 +1,6 @@
 """Hostile and broken inputs: each one gives one clear error line, exit 2, and nothing written.
 
-Every case is a function ``(tmp_path) -> (argv, needles)`` in :data:`CASES`; the README's reliability line
+Every case is a function ``(tmp_path) -> (argv, needles)`` in :data:`CASES`; docs/reliability.md's hostile-input line
 states ``len(CASES)`` (tests/test_docs.py checks it). Cases run the real CLI in-process (typer's runner) with
 a private temp dir, so a leaked staging or scratch directory is caught too.
 """

@@ -63,3 +63,15 @@ def test_card_with_failed_target_and_determinism(manifest):
     assert "| `jetson-orin` | NVIDIA Jetson AGX Orin | tensorrt | failed: every recipe failed | — |" in card
     assert "`jetson-orin`: no artifact (every recipe failed)." in card
     assert render_model_card(manifest) == render_model_card(copy.deepcopy(manifest))
+
+
+def test_card_shows_the_drop_interval_and_the_cannot_resolve_note(manifest):
+    host = manifest["targets"]["host-ort"]["gate"]
+    low, high = host["drop_ci95"]
+    card = render_model_card(manifest)
+    assert f"pass (drop 95% CI [{low:.4f}, {high:.4f}], {host['samples']} samples)" in card
+    small = copy.deepcopy(manifest)
+    note = ("eval data has 50 samples: one changed prediction is a 2.0-point drop, more than half of --max-drop "
+            "1.0 points; the gate cannot resolve its threshold (it needs at least 200 samples)")
+    small["targets"]["host-ort"]["gate"].update(samples=50, resolvable=False, note=note)
+    assert f"50 samples); {note} |" in render_model_card(small)

@@ -265,8 +265,10 @@ def _with_coreml_target(bundle: Path, tmp_path: Path) -> Path:
                                      "fallback": []}], "total_ops": 5},
         toolchain={"coremltools": "9.0"},
     )
+    from edgepack.exporters.coreml import package_sha256
+
     entry["artifact"] = dict(host["artifact"], format="mlpackage", path="artifacts/iphone-15-pro/model.mlpackage",
-                             files=files, precision="fp16", settings={})
+                             files=files, precision="fp16", settings={}, sha256=package_sha256(package))
     entry["artifact"]["inputs"] = [dict(host["artifact"]["inputs"][0], name="pixels", shape=[1, 3, 8, 8],
                                         preprocess={"scale": 1 / 255, "mean": mean, "std": std, "description": "imagenet"})]
     manifest["targets"]["iphone-15-pro"] = entry
@@ -347,7 +349,7 @@ def test_cli_package(digits_bundle, tmp_path):
     runner = CliRunner()
     done = runner.invoke(app, ["package", str(digits_bundle), "--platform", "python", "--out", str(tmp_path / "p"), "--json"])
     assert done.exit_code == 0, done.output
-    assert json.loads(done.stdout)["targets"] == ["host-ort", "x86-openvino", "android-pixel8"]
+    assert json.loads(done.stdout)["result"]["targets"] == ["host-ort", "x86-openvino", "android-pixel8"]
     done = runner.invoke(app, ["package", str(digits_bundle), "--platform", "ios", "--out", str(tmp_path / "i")])
     assert done.exit_code == 2
     assert "edgepack: error:" in done.stderr and "mlpackage" in done.stderr

@@ -96,7 +96,7 @@ def test_targets_check_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edgepack.cli", "targets", "check", f"{factory}:build",
                            "-t", "android-pixel8", "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = json.loads(proc.stdout)["result"]
     gpu = next(a for a in report["accelerators"] if a["accelerator"] == "gpu")
     assert [f["type"] for f in gpu["fallback"]] == ["SIN"]
     host = subprocess.run([sys.executable, "-m", "edgepack.cli", "targets", "check", "demo:digits", "-t", "host-ort"],

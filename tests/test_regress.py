@@ -146,7 +146,37 @@ def test_missing_result_is_reported(tmp_path: Path) -> None:
     assert {f.device: f.status for f in report.findings} == {"pixel8-01": "ok", "rpi5-01": "missing"}
     missing = next(f for f in report.findings if f.status == "missing")
     assert "device offline" in missing.reasons[0]
-    assert report.exit_code == 0 and 'skipped message="missing: job skipped' in report.to_junit()
+    assert report.exit_code == 1  # a device that produced nothing tonight does not disappear silently
+    assert report.failed_devices == {"rpi5-01": "job skipped: device offline: 3 consecutive jobs failed"}
+    assert 'failure message="no result tonight: job skipped: device offline' in report.to_junit()
+
+
+def test_failed_device_without_history_fails_regress(tmp_path: Path) -> None:
+    """The first night of a new device that fails (no history to miss it against) still exits 1, naming it."""
+    rng = np.random.default_rng(5)
+    url = f"sqlite:///{tmp_path / 'farm.sqlite'}"
+    with Store.open(url) as store:
+        host, ssh = ("host-01", "digits", "host-ort", "fp32"), ("ssh-01", "digits", "host-ort", "fp32")
+        specs = [JobSpec(*host[:2], "demo:digits", *host[2:], 0), JobSpec(*ssh[:2], "demo:digits", *ssh[2:], 0)]
+        run_id = store.start_run("nightly", {}, "local", [(host[0], "host-ort", "host"), (ssh[0], "host-ort", "ssh://x")], specs)
+        ok, failed = store.jobs(run_id)
+        store.job_attempt(ok.id)
+        store.record_result(ok.id, synthetic_result(night_latencies(rng), device=host[0]), Provenance("demo:digits"))
+        store.job_attempt(failed.id)
+        store.job_done(failed.id, "failed", "attempt 1: runner ssh://x: identity file /home/me/.ssh/id_ed25519 not found")
+        store.finish_run(run_id)
+        report = detect(store)
+    assert {f.device: f.status for f in report.findings} == {"host-01": "insufficient-history", "ssh-01": "missing"}
+    assert report.regressions == [] and report.exit_code == 1
+    assert report.failed_devices == {
+        "ssh-01": "job failed: attempt 1: runner ssh://x: identity file /home/me/.ssh/id_ed25519 not found"}
+    assert report.to_dict()["missing"] == 1
+    done = subprocess.run([sys.executable, "-m", "edgepack.cli", "farm", "regress", "--db", url],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "device ssh-01 produced no result tonight: job failed: attempt 1: runner ssh://x: identity file" in done.stdout
+    assert done.stdout.splitlines()[-1] == (f"run {run_id} of nightly: 0 regression(s), 1 missing result(s) in 2 key(s); "
+                                            "no result tonight from ssh-01")
 
 
 def _summary_only(latencies: np.ndarray) -> "BenchResult":

@@ -25,8 +25,8 @@ IMG = re.compile(r'<img class="plot" alt="([^"]*)" src="([^"]*)"')
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Five quiet nights, then a night where the first key's latency steps up 10 % and a third device,
-    offline, has its job skipped."""
+    """Five quiet nights, then a night where the first key's latency steps up 10 %, a third device,
+    offline, has its job skipped, and a fourth device, still marked online, failed its job."""
     url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'farm.sqlite'}"
     rng = np.random.default_rng(11)
     with Store.open(url) as store:
@@ -34,12 +34,17 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> str:
             add_run(store, "nightly", {key: night_latencies(rng) for key in KEYS})
         tonight = {KEYS[0]: night_latencies(rng, 1.10), KEYS[1]: night_latencies(rng)}
         offline = JobSpec("jetson-01", "digits", "demo:digits", "jetson-orin", "int8", 0)
-        specs = [JobSpec(d, m, "demo:digits", t, r, 0) for d, m, t, r in KEYS] + [offline]
+        failing = JobSpec("ssh-01", "digits", "demo:digits", "host-ort", "fp32", 0)
+        specs = [JobSpec(d, m, "demo:digits", t, r, 0) for d, m, t, r in KEYS] + [offline, failing]
         devices = [(s.device, s.target, "host") for s in specs]
         run_id = store.start_run("nightly", {"thresholds": {"window": 5}}, "local", devices, specs)
         for job in store.jobs(run_id):
             if job.spec == offline:
                 store.job_done(job.id, "skipped", "device offline: 3 consecutive jobs failed")
+                continue
+            if job.spec == failing:
+                store.job_attempt(job.id)
+                store.job_done(job.id, "failed", "attempt 1: runner ssh://x: identity file ~/.ssh/id_ed25519 not found")
                 continue
             store.job_attempt(job.id)
             store.record_result(job.id, synthetic_result(tonight[job.spec.key], device=job.spec.device),
@@ -71,6 +76,30 @@ def test_report_is_self_contained_and_highlights_regressions(history: str, tmp_p
     assert all("pixel8-01" in rows[0] and "regression" in row for row in rows)
     assert "Regressions (1)" in html
     assert "jetson-01" in html and "device offline: 3 consecutive jobs failed" in html
+
+
+def _device_section(html: str, device: str) -> str:
+    section = html[html.index(f'<h2 id="device-{device}">'):]
+    return section[:section.index("<h2", 5)]
+
+
+def test_failed_devices_are_red_with_their_last_error(history: str) -> None:
+    with Store.open(history) as store:
+        html = render_report(store)
+    ssh = _device_section(html, "ssh-01")  # failed tonight while its stored status still says online
+    assert '<span class="device-failed">failed</span>' in ssh and "online" not in ssh
+    assert "Last error: <span class=\"error\">attempt 1: runner ssh://x: identity file ~/.ssh/id_ed25519 not found" in ssh
+    jetson = _device_section(html, "jetson-01")
+    assert '<span class="device-failed">failed (offline)</span>' in jetson and "3 consecutive jobs failed" in jetson
+    assert '<span class="device-ok">ok</span>' in _device_section(html, "pixel8-01")
+    alert = html[html.index('id="failing-devices"'):]
+    alert = alert[:alert.index("</div>")]
+    assert "2 device(s) failed in this run" in alert and "ssh-01" in alert and "jetson-01" in alert
+    assert "pixel8-01" not in alert and "rpi5-01" not in alert
+    missing = re.findall(r'<tr class="missing">(.*?)</tr>', html, re.S)
+    assert len(missing) == 2 and "ssh-01" in missing[1] and "identity file" in missing[1]
+    css = html[html.index("<style>"):html.index("</style>")]
+    assert re.search(r"\.device-failed[^{]*\{[^}]*background: #b00020", css)  # red
 
 
 def _chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -308,7 +308,7 @@ def test_cli_search_openvino_json(tmp_path):
             "--out", str(out), "--db", f"sqlite:///{tmp_path / 'db.sqlite'}", "--no-cache", "--json"]
     outcome = CliRunner().invoke(app, args)
     assert outcome.exit_code == 0, outcome.output
-    report = json.loads(outcome.stdout)  # nothing but the report on stdout, even from chatty toolchains
+    report = json.loads(outcome.stdout)["result"]  # nothing but the report on stdout, even from chatty toolchains
     assert report["constraints"] == {"max_drop": 0.01, "latency_budget_ms": 1000.0, "size_budget_mb": 10.0}
     _check_front_and_choice(report["trials"], report["front"], report["chosen"], report["default"], report["constraints"],
                             tie=0.05)

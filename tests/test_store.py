@@ -3,7 +3,10 @@ migrations, round trips, idempotent commits, crash recovery of job states, dropp
 
 from __future__ import annotations
 
+import re
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,8 +160,10 @@ def test_urls(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     assert normalize_url("sqlite:////x/y.db") == "sqlite:////x/y.db"
     with pytest.raises(InputError, match="unsupported database 'mysql'"):
         normalize_url("mysql://u@h/db")
+    assert normalize_url("farm.db") == f"sqlite:///{Path.cwd() / 'farm.db'}"  # a plain path is a SQLite file
+    assert normalize_url(str(tmp_path / "x.sqlite")) == f"sqlite:///{tmp_path / 'x.sqlite'}"
     with pytest.raises(InputError, match="not a database URL"):
-        normalize_url("farm.db")
+        normalize_url("sqlite:/farm.db")
     monkeypatch.delenv("EDGEPACK_DB", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     assert default_db_url() == f"sqlite:///{tmp_path / 'data' / 'edgepack' / 'farm.sqlite'}"
@@ -173,3 +178,51 @@ def test_unreachable_postgres_is_a_user_error() -> None:
     with pytest.raises(InputError, match="cannot open the database"):
         Store.open(f"postgresql://nobody@127.0.0.1:{pg_server._free_port()}/none")
 
+
+
+def test_interrupted_run_is_resumed(store: Store) -> None:
+    config = {"farm": {"name": "nightly"}, "n": 3}
+    run_id = store.start_run("nightly", config, "local", DEVICES, JOBS)
+    first, second, _ = store.jobs(run_id)
+    store.job_attempt(first.id)
+    store.record_result(first.id, synthetic_result(np.linspace(1, 2, 50)), PROVENANCE)
+    store.job_attempt(second.id)  # SIGTERM arrives here
+    store.interrupt_run(run_id)
+    [run] = store.runs("nightly")
+    assert (run.status, run.finished_at) == ("interrupted", None)
+    assert [(j.status, j.attempts) for j in store.jobs(run_id)] == [("ok", 1), ("pending", 1), ("pending", 0)]
+    assert store.unfinished_run("nightly", config) == run_id
+    store.resume_run(run_id, DEVICES)
+    assert (store.runs("nightly")[-1].status, store.runs("nightly")[-1].resumes) == ("running", 1)
+    store.finish_run(run_id)
+    store.interrupt_run(run_id)  # a finished run stays finished
+    assert store.runs("nightly")[-1].status == "finished" and store.unfinished_run("nightly", config) is None
+
+
+def test_bad_sqlite_databases_are_one_line_errors(tmp_path) -> None:
+    from edgepack.errors import OutputError
+
+    missing = tmp_path / "typo.sqlite"
+    with pytest.raises(InputError, match=re.escape(f"--db {missing}: no database file {missing}")):
+        Store.open(str(missing), create=False)  # reading: a typo is an error, not an empty database
+    assert not missing.exists()
+    nested = tmp_path / "no" / "dir" / "farm.sqlite"
+    with pytest.raises(InputError, match=re.escape(f"directory {nested.parent} does not exist")):
+        Store.open(f"sqlite:///{nested}")
+    assert not (tmp_path / "no").exists()
+    text_file = tmp_path / "notes.sqlite"
+    text_file.write_text("not a database\n")
+    with pytest.raises(InputError, match=re.escape(f"{text_file} is not a SQLite database")):
+        Store.open(f"sqlite:///{text_file}")
+    with pytest.raises(InputError, match="is a directory"):
+        Store.open(str(tmp_path))
+    with Store.open(str(tmp_path / "plain.sqlite")) as store:  # a plain path is created on write
+        store.start_run("nightly", {}, "local", DEVICES, JOBS)
+    with Store.open(str(tmp_path / "plain.sqlite"), create=False) as store:
+        assert len(store.runs()) == 1
+    started = time.monotonic()
+    with Store.open(f"sqlite:///file:{tmp_path / 'plain.sqlite'}?mode=ro&uri=true") as store:  # a read-only database
+        assert len(store.runs()) == 1  # reads
+        with pytest.raises(OutputError, match="cannot write .*plain.sqlite: attempt to write a readonly database"):
+            store.start_run("nightly", {}, "local", DEVICES, JOBS)
+    assert time.monotonic() - started < 5  # not retried like a dropped connection

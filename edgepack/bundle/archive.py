@@ -14,6 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from edgepack._fs import owned_name
 from edgepack.errors import InputError
 
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
@@ -24,7 +25,7 @@ MAX_UNPACKED_BYTES = 16 << 30
 def pack(bundle_dir: Path, archive: Path) -> Path:
     """Write ``bundle_dir`` as ``archive`` (a temp file beside it renamed into place)."""
     top = PurePosixPath(bundle_dir.name)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=owned_name(f".{archive.name}."), suffix=".tmp", dir=archive.parent)
     os.close(handle)
     try:
         with zipfile.ZipFile(temp_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -41,6 +42,17 @@ def pack(bundle_dir: Path, archive: Path) -> Path:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return archive
+
+
+def is_bundle_archive(path: Path) -> bool:
+    """True when ``path`` is a zip whose single top folder holds a ``manifest.json`` (what ``pack`` writes)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    tops = {name.split("/", 1)[0] for name in names}
+    return len(tops) == 1 and f"{next(iter(tops))}/manifest.json" in names
 
 
 def _member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:

@@ -65,22 +65,25 @@ def _relative(old: Any, new: Any) -> str:
     return ""
 
 
-def load(path: str | Path) -> tuple[str, dict[str, Any]]:
-    """A bundle directory or its manifest.json -> (label, manifest)."""
+def load(path: str | Path, public_key: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """A bundle (directory or ``.zip``, verified; its signature too with ``public_key``) or a bare
+    ``manifest.json`` (read as it is, unless ``public_key`` asks for its bundle to be verified) -> (label, manifest)."""
+    from edgepack.bundle.verify import open_bundle
     from edgepack.bundle.writer import MANIFEST_NAME, read_manifest
 
     path = Path(path)
     if path.is_file() and path.name == MANIFEST_NAME:
+        if public_key is None:
+            return str(path.parent), read_manifest(path.parent)
         path = path.parent
-    if not path.is_dir():
-        raise BundleError(f"{path}: not a bundle directory or {MANIFEST_NAME}")
-    return str(path), read_manifest(path)
+    with open_bundle(path, public_key) as opened:
+        return str(path), opened.manifest
 
 
-def diff_bundles(old: str | Path, new: str | Path) -> BundleDiff:
-    """Compare two bundles (directories or manifest.json files)."""
-    old_label, old_manifest = load(old)
-    new_label, new_manifest = load(new)
+def diff_bundles(old: str | Path, new: str | Path, *, public_key: str | Path | None = None) -> BundleDiff:
+    """Compare two bundles (directories, ``.zip`` archives or manifest.json files)."""
+    old_label, old_manifest = load(old, public_key)
+    new_label, new_manifest = load(new, public_key)
     return diff_manifests(old_manifest, new_manifest, old_label=old_label, new_label=new_label)
 
 

@@ -43,6 +43,24 @@ def _parity(parity: Mapping[str, Any] | None) -> str:
     return ", ".join(parts) + f" ({'pass' if parity.get('passed') else 'fail'}, {parity.get('samples')} samples)"
 
 
+def _gate(gate: Mapping[str, Any] | None) -> str:
+    """Verdict, the drop's 95 % interval and sample count, and the note when the data cannot resolve the threshold."""
+    if not gate:
+        return MISSING
+    text = "pass" if gate.get("passed") else f"fail: {gate.get('reason')}"
+    facts = []
+    interval = gate.get("drop_ci95")
+    if interval:
+        facts.append(f"drop 95% CI [{_fmt(float(interval[0]))}, {_fmt(float(interval[1]))}]")
+    if gate.get("samples"):
+        facts.append(f"{gate['samples']} samples")
+    if facts:
+        text += f" ({', '.join(facts)})"
+    if gate.get("note"):
+        text += f"; {gate['note']}"
+    return text
+
+
 def _placement(placement: Mapping[str, Any] | None) -> str:
     if not placement:
         return "every op on the CPU (no accelerator op table)"
@@ -77,7 +95,7 @@ def _row(target_id: str, entry: Mapping[str, Any]) -> dict[str, str]:
         "value": _fmt(gate.get("value")),
         "drop": _fmt(gate.get("drop")),
         "parity": _parity(entry.get("parity")),
-        "gate": ("pass" if gate.get("passed") else f"fail: {gate.get('reason')}") if gate else MISSING,
+        "gate": _gate(gate),
         "placement": _placement(entry.get("placement")),
         "latency": _latency(entry.get("attempts") or [], entry.get("recipe")),
         "toolchain": ", ".join(f"{k} {v}" for k, v in sorted((entry.get("toolchain") or {}).items())) or MISSING,

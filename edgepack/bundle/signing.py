@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from edgepack.bundle.writer import SIGNATURE_NAME
-from edgepack.errors import BundleError, InputError
+from edgepack.errors import InputError, TamperedError
 
 
 def generate_keypair(path: Path) -> tuple[Path, Path]:
@@ -67,15 +67,17 @@ class Signer:
         return self._key.sign(manifest)  # type: ignore[attr-defined]
 
 
-def verify_signature(bundle: Path, public_key: Path) -> None:
-    """Raise :class:`BundleError` unless ``manifest.sig`` is a valid signature of ``manifest.json``."""
+def verify_signature(bundle: Path, public_key: Path, *, label: Path | None = None) -> None:
+    """Raise :class:`TamperedError` unless ``manifest.sig`` is a valid signature of ``manifest.json``
+    (``label`` names the bundle in the message, e.g. the ``.zip`` it was unpacked from)."""
     from cryptography.exceptions import InvalidSignature
 
     key = _load(public_key, private=False)
+    name = label or bundle
     signature = bundle / SIGNATURE_NAME
     if not signature.is_file():
-        raise BundleError(f"{bundle}: not signed (no {SIGNATURE_NAME})")
+        raise TamperedError(f"{name}: not signed (no {SIGNATURE_NAME}) but --pub was given")
     try:
         key.verify(signature.read_bytes(), (bundle / "manifest.json").read_bytes())  # type: ignore[attr-defined]
     except InvalidSignature:
-        raise BundleError(f"{bundle}: signature does not match {public_key} (wrong key or modified manifest)") from None
+        raise TamperedError(f"{name}: signature does not match {public_key} (wrong key or modified manifest)") from None

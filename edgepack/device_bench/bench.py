@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edgepack.bundle.verify import verify_bundle
+from edgepack.bundle.verify import open_bundle
 from edgepack.bundle.writer import read_manifest
 from edgepack.device_bench.config import BenchConfig, BenchResult
 from edgepack.device_bench.runners.base import artifact_from_entry, runner_for_uri, spec_from_dict
-from edgepack.errors import InputError
+from edgepack.errors import BundleError, EdgepackError, InputError
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import TensorSpec
 
@@ -74,25 +74,33 @@ def bench_bundle(
     *,
     runner_options: Mapping[str, str] | None = None,
     progress: Callable[[str, str], None] = lambda target, stage: None,
+    public_key: Path | None = None,
 ) -> list[BenchResult]:
     """Measure ``target`` (every target with an artifact when ``None``) of ``bundle`` on ``runner_uri``.
 
-    The bundle is verified first (:class:`edgepack.errors.BundleError` on any changed file); a runner that
-    cannot run an artifact raises instead of skipping it.
+    ``bundle`` is a directory or a ``.zip``; it is verified first (:class:`edgepack.errors.TamperedError` on
+    any changed file, and on a missing or bad signature when ``public_key`` is given); a runner that cannot
+    run an artifact raises one :class:`~edgepack.errors.BundleError` line instead of skipping it.
     """
     runner = runner_for_uri(runner_uri, **dict(runner_options or {}))  # a bad URI is refused before any I/O
-    bundle = Path(bundle)
-    verify_bundle(bundle)
-    manifest = read_manifest(bundle)
-    if target is not None:
-        names = [target]
-    else:
-        names = [name for name, entry in sorted((manifest.get("targets") or {}).items()) if entry.get("artifact")]
-        if not names:
-            raise InputError(f"{bundle}: no target in this bundle has an artifact")
-    artifacts = [artifact_from_manifest(bundle, name, manifest) for name in names]
-    results = []
-    for artifact in artifacts:
-        progress(artifact.target_id, f"measuring on {runner_uri}")
-        results.append(runner.run(artifact, config, inputs=bench_inputs(manifest, artifact)))
+    with open_bundle(bundle, public_key) as opened:
+        manifest = opened.manifest
+        if target is not None:
+            names = [target]
+        else:
+            names = [name for name, entry in sorted((manifest.get("targets") or {}).items()) if entry.get("artifact")]
+            if not names:
+                raise InputError(f"{bundle}: no target in this bundle has an artifact")
+        artifacts = [artifact_from_manifest(opened.root, name, manifest) for name in names]
+        results = []
+        for artifact in artifacts:
+            progress(artifact.target_id, f"measuring on {runner_uri}")
+            try:
+                results.append(runner.run(artifact, config, inputs=bench_inputs(manifest, artifact)))
+            except EdgepackError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a runtime that cannot load the artifact is one line
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise BundleError(f"{bundle}: target '{artifact.target_id}': {artifact.runtime} could not run "
+                                  f"{artifact.path.name}: {type(exc).__name__}: {first}") from None
     return results

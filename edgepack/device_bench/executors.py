@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 import shutil
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,7 +96,8 @@ class Executor(Protocol):
     def run(self, device: DeviceSpec, task: BenchTask, timeout_s: float) -> BenchResult:
         """Run one attempt on ``device`` (one at a time per device)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop the workers; in-flight :meth:`run` calls end with :class:`AttemptError`. Idempotent."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,17 +105,38 @@ class Executor(Protocol):
 # --------------------------------------------------------------------------------------------------
 
 
-def _worker_main(conn: Any) -> None:
-    """Entry point of a local device worker: answer tasks until the pipe closes."""
-    conn.send("ready")
+ORPHAN_CHECK_S = 1.0
+"""How often a local worker checks that the farm process that started it is still there."""
+
+
+def _exit_when_orphaned(farm_pid: int) -> None:
+    """Watchdog thread of a local worker: the farm process died (it is no longer our parent), so nobody
+    will read what this worker measures; end it at once, quietly (no traceback, no output)."""
     while True:
-        try:
+        time.sleep(ORPHAN_CHECK_S)
+        if os.getppid() != farm_pid:
+            os._exit(0)
+
+
+def _worker_main(conn: Any, farm_pid: int | None = None) -> None:
+    """Entry point of a local device worker: answer tasks until the pipe closes.
+
+    When the farm process is gone (killed, or it stopped the farm) the worker exits quietly, without a
+    traceback: within :data:`ORPHAN_CHECK_S` (a watchdog thread), before its next task (EOF) or when its
+    answer cannot be sent (broken pipe). Ctrl-C reaches the whole process group; the farm process handles
+    it and stops the workers, so here it ends the worker quietly too.
+    """
+    if farm_pid is not None:
+        threading.Thread(target=_exit_when_orphaned, args=(farm_pid,), name="orphan-watchdog", daemon=True).start()
+    try:
+        conn.send("ready")
+        while True:
             task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        conn.send(execute(task))
+            if task is None:
+                return
+            conn.send(execute(task))
+    except (EOFError, OSError, KeyboardInterrupt):  # BrokenPipeError, ConnectionResetError: orphaned
+        return
 
 
 class _Worker:
@@ -122,11 +146,16 @@ class _Worker:
         self.device_id = device_id
         self.process: Any = None
         self.conn: Any = None
+        self.closed = False
+        """Set by :meth:`close`: no new worker starts (the farm is stopping)."""
+        self.busy = False
+        """An attempt is in flight (:meth:`close` then kills the worker at once: the farm was interrupted)."""
 
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        process = context.Process(target=_worker_main, args=(child,), name=f"edgepack-farm-{self.device_id}", daemon=True)
+        process = context.Process(target=_worker_main, args=(child, os.getpid()), name=f"edgepack-farm-{self.device_id}",
+                                  daemon=True)
         process.start()
         child.close()
         self.process, self.conn = process, parent
@@ -140,36 +169,48 @@ class _Worker:
 
     def stop(self) -> int | None:
         """Kill the worker; returns its exit code."""
-        if self.process is None:
-            return None
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(10)
-        code = self.process.exitcode
-        if self.conn is not None:
-            self.conn.close()
+        process, conn = self.process, self.conn
         self.process = self.conn = None
-        return code
+        if process is None:
+            return None
+        if process.is_alive():
+            process.kill()
+        process.join(10)
+        if conn is not None:
+            conn.close()
+        return process.exitcode
 
     def call(self, task: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        if self.closed:
+            raise AttemptError("the farm is stopping", kind="stopped")
         if self.process is None or not self.process.is_alive():
             self.stop()
             self._start()
-        self.conn.send(task)
-        if not self.conn.poll(timeout_s):
-            self.stop()
-            raise AttemptError(f"timed out after {timeout_s:g} s (worker killed)", kind="timeout")
+            if self.closed:  # closed while the worker started
+                self.stop()
+                raise AttemptError("the farm is stopping", kind="stopped")
+        conn = self.conn
+        self.busy = True
         try:
-            return self.conn.recv()
-        except (EOFError, OSError):
+            conn.send(task)
+            if not conn.poll(timeout_s):
+                self.stop()
+                raise AttemptError(f"timed out after {timeout_s:g} s (worker killed)", kind="timeout")
+            return conn.recv()
+        except (EOFError, OSError, ValueError, AttributeError):  # died, or killed by close() (conn closed/None)
             code = self.stop()
             raise AttemptError(f"device worker died (exit code {code})", kind="crash") from None
+        finally:
+            self.busy = False
 
     def close(self) -> None:
-        if self.process is not None and self.process.is_alive():
+        """Let an idle worker exit, kill a busy one; no worker starts afterwards. Idempotent."""
+        self.closed = True
+        process, conn = self.process, self.conn
+        if not self.busy and process is not None and process.is_alive() and conn is not None:
             try:
-                self.conn.send(None)
-                self.process.join(5)
+                conn.send(None)
+                process.join(5)
             except (OSError, ValueError):
                 pass
         self.stop()

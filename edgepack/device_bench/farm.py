@@ -14,8 +14,14 @@ one worker process or Ray resource there). Faults:
   recorded as ``skipped`` with the reason, never dropped;
 - a deterministic refusal (unsupported runtime, bad bundle) or a failed export fails only that job,
   without retries, and does not count against the device;
-- ``resume=True`` continues the last unfinished run of the same farm.toml (the farm process died):
-  finished jobs are kept, interrupted ones run again.
+- a device whose job failed (retries spent) is marked ``failing`` with that error until one of its jobs
+  succeeds; every job without a result makes the report show its device red with the last error and
+  ``farm regress`` exit 1 naming it;
+- SIGINT/SIGTERM (:class:`KeyboardInterrupt`/:class:`~edgepack.errors.Terminated` in the farm process)
+  stops the device loops, kills the workers and marks the run ``interrupted`` (its running jobs back to
+  ``pending``) before the interruption propagates;
+- ``resume=True`` continues the last unfinished run of the same farm.toml (the farm process died, or was
+  interrupted): finished jobs are kept, interrupted ones run again.
 """
 
 from __future__ import annotations
@@ -30,19 +36,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgepack._fs import make_temp_dir, sweep_stale
 from edgepack.device_bench.executors import AttemptError, BenchTask, Executor, LocalExecutor
 from edgepack.device_bench.farm_config import DeviceSpec, FarmConfig, ModelSpec
 from edgepack.device_bench.runners.base import split_uri
 from edgepack.device_bench.store import JobRow, JobSpec, Provenance, Store, bundle_provenance
-from edgepack.errors import EdgepackError, ExportError
+from edgepack.errors import EdgepackError, ExportError, Terminated
 
 Progress = Callable[[str], None]
+EXPORTS_PREFIX = "edgepack-farm-exports-"
+"""Scratch folders of a farm run's exports in the system temp dir (``edgepack-farm-exports-<pid>.<random>``)."""
+STOP_WAIT_S = 15.0
+"""How long an interrupted farm waits for its device loops to notice (their workers are killed first)."""
 
 
 def plan_jobs(config: FarmConfig) -> list[JobSpec]:
-    """Every (device, model, recipe of the device's target), in farm.toml order per device."""
+    """Every (enabled device, model, recipe of the device's target), in farm.toml order per device."""
     jobs: list[JobSpec] = []
-    for device in config.devices:
+    for device in config.enabled_devices:
         position = 0
         for model in config.models:
             for recipe in config.target(device.profile).recipes:
@@ -75,7 +86,9 @@ class ExportCache:
     def __init__(self, root: Path | None = None, *, reuse: bool = False) -> None:
         self._owned = root is None
         self.reuse = reuse
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="edgepack-farm-exports-"))
+        if root is None:
+            sweep_stale(Path(tempfile.gettempdir()), EXPORTS_PREFIX)  # left by a killed farm run
+        self.root = Path(root) if root is not None else make_temp_dir(EXPORTS_PREFIX)
         self._done: dict[tuple[Any, ...], Exported | EdgepackError] = {}
         self._lock = threading.Lock()
         self.exports = 0
@@ -138,14 +151,15 @@ class FarmRun:
 
 
 class _DeviceLoop:
-    """Runs one device's queue: retries, backoff, offline marking."""
+    """Runs one device's queue: retries, backoff, failing/offline marking; stops when ``stop`` is set."""
 
     def __init__(self, device: DeviceSpec, jobs: Sequence[JobRow], *, config: FarmConfig, store: Store,
                  executor: Executor, exports: ExportCache, progress: Progress, sleep: Callable[[float], None],
-                 offline_reason: str | None) -> None:
+                 offline_reason: str | None, stop: threading.Event | None = None) -> None:
         self.device, self.jobs, self.config, self.store = device, jobs, config, store
         self.executor, self.exports, self.progress, self.sleep = executor, exports, progress, sleep
         self.offline_reason = offline_reason
+        self.stop = stop or threading.Event()
         self.models = {m.name: m for m in config.models}
 
     def run(self) -> None:
@@ -153,19 +167,28 @@ class _DeviceLoop:
             self.store.set_device_status(self.device.id, "offline", self.offline_reason)
         consecutive = 0
         for job in self.jobs:
+            if self.stop.is_set():
+                return
             name = f"{self.device.id} {job.spec.model}/{job.spec.target}/{job.spec.recipe}"
             if self.offline_reason is not None:
                 self.store.job_done(job.id, "skipped", f"device offline: {self.offline_reason}")
                 self.progress(f"{name}: skipped (device offline)")
                 continue
             outcome = self._job(job)
+            if outcome == "interrupted":
+                return
             self.progress(f"{name}: {outcome}")
             if outcome.startswith("failed"):
                 consecutive += 1
                 if consecutive >= self.config.farm.offline_after:
                     self.offline_reason = f"{consecutive} consecutive jobs failed; last: {outcome}"
                     self.store.set_device_status(self.device.id, "offline", self.offline_reason)
+                else:
+                    self.store.set_device_status(self.device.id, "failing", f"{job.spec.model}/{job.spec.target}/"
+                                                                            f"{job.spec.recipe}: {outcome}")
             elif outcome.startswith("ok"):
+                if consecutive:
+                    self.store.set_device_status(self.device.id, "online", None)
                 consecutive = 0
 
     def _job(self, job: JobRow) -> str:
@@ -183,10 +206,14 @@ class _DeviceLoop:
         settings = self.config.farm
         error = ""
         for attempt in range(settings.retries + 1):
+            if self.stop.is_set():
+                return "interrupted"
             number = self.store.job_attempt(job.id)
             try:
                 result = self.executor.run(self.device, task, settings.timeout_s)
             except AttemptError as exc:
+                if self.stop.is_set():  # the farm is stopping and killed the worker: not the device's fault
+                    return "interrupted"
                 error = f"attempt {number}: {exc.kind}: {exc}"
                 self.store.job_error(job.id, error)
                 if attempt < settings.retries:
@@ -212,10 +239,13 @@ def run_farm(
     progress: Progress = lambda message: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> FarmRun:
-    """Run every job of ``config`` (or, with ``resume``, the rest of its last unfinished run)."""
+    """Run every job of ``config`` (or, with ``resume``, the rest of its last unfinished run).
+
+    An interruption (:class:`KeyboardInterrupt`, :class:`~edgepack.errors.Terminated`) stops the device
+    loops and their workers, marks the run ``interrupted`` and propagates."""
     executor = executor or LocalExecutor()
     config_data = config.to_dict()
-    devices = [(d.id, d.profile, runner_label(d.runner)) for d in config.devices]
+    devices = [(d.id, d.profile, runner_label(d.runner)) for d in config.enabled_devices]
     run_id = store.unfinished_run(config.farm.name, config_data) if resume else None
     resumed = run_id is not None
     if run_id is not None:
@@ -229,11 +259,13 @@ def run_farm(
         pending.setdefault(job.spec.device, []).append(job)
     cache = exports or ExportCache()
     failures: list[BaseException] = []
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
     try:
-        unavailable = executor.start(config.devices)
+        unavailable = executor.start(config.enabled_devices)
         loops = [
             _DeviceLoop(config.device(device_id), jobs, config=config, store=store, executor=executor, exports=cache,
-                        progress=progress, sleep=sleep, offline_reason=unavailable.get(device_id))
+                        progress=progress, sleep=sleep, offline_reason=unavailable.get(device_id), stop=stop)
             for device_id, jobs in pending.items()
         ]
 
@@ -241,7 +273,8 @@ def run_farm(
             try:
                 loop.run()
             except BaseException as exc:  # noqa: BLE001 - re-raised in the farm process below
-                failures.append(exc)
+                if not stop.is_set():
+                    failures.append(exc)
 
         threads = [threading.Thread(target=guarded, args=(loop,), name=f"farm-{loop.device.id}", daemon=True)
                    for loop in loops]
@@ -249,6 +282,19 @@ def run_farm(
             thread.start()
         for thread in threads:
             thread.join()
+    except (KeyboardInterrupt, Terminated):
+        stop.set()
+        executor.close()  # kills the workers: the device loops' attempts end at once
+        deadline = time.monotonic() + STOP_WAIT_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            store.interrupt_run(run_id)
+        except EdgepackError as exc:  # the interruption, not the bookkeeping, decides the exit
+            progress(f"run {run_id}: could not be marked interrupted: {exc}")
+        else:
+            progress(f"run {run_id} interrupted (`edgepack farm run --resume` continues it)")
+        raise
     finally:
         executor.close()
         if exports is None:

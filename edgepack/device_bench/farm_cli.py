@@ -8,15 +8,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-DB_HELP = "Results database URL: sqlite:///PATH or postgresql://user@host/db (default: $EDGEPACK_DB or a SQLite file in the user data dir)."
+DB_HELP = ("Results database: sqlite:///PATH, a SQLite file path, or postgresql://user@host/db (default: $EDGEPACK_DB "
+           "or a SQLite file in the user data dir).")
 
 
 def register(app: Any) -> None:
     """Add this subsystem's commands to the top-level Typer ``app``."""
-    from edgepack.cli import _print_json, _user_errors
+    from edgepack.cli import CONTEXT, _print_envelope, _user_errors
 
     farm_app = typer.Typer(help="Nightly device farm: run jobs, detect regressions, write the HTML report.",
-                           no_args_is_help=True)
+                           no_args_is_help=True, context_settings=CONTEXT)
     app.add_typer(farm_app, name="farm")
 
     @farm_app.command("run")
@@ -36,17 +37,20 @@ def register(app: Any) -> None:
         def say(message: str) -> None:
             print(message, file=sys.stderr if as_json else sys.stdout, flush=True)
 
-        with _user_errors():
+        with _user_errors("farm run" if as_json else None):
             config = load_farm(farm_file)
             executor = RayExecutor(ray) if ray else LocalExecutor()
             with open_store(db) as store:
                 run = run_farm(config, store, executor=executor, resume=resume, progress=say)
         counts = {status: run.count(status) for status in ("ok", "failed", "skipped")}
         if as_json:
-            _print_json({"run_id": run.run_id, "resumed": run.resumed, "exports": run.exports, **counts,
+            failed = [j for j in run.jobs if j.status == "failed"]
+            _print_envelope("farm run", {"run_id": run.run_id, "resumed": run.resumed, "exports": run.exports, **counts,
                          "jobs": [{"device": j.spec.device, "model": j.spec.model, "target": j.spec.target,
                                    "recipe": j.spec.recipe, "status": j.status, "attempts": j.attempts, "error": j.error}
-                                  for j in run.jobs]})
+                                  for j in run.jobs]}, ok=run.ok,
+                            errors=[{"type": "JobFailed", "message": f"{j.spec.device}/{j.spec.model}/{j.spec.target}: {j.error}",
+                                     "hint": None, "exit_code": 1} for j in failed])
         else:
             print(f"run {run.run_id}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
         if not run.ok:
@@ -65,21 +69,26 @@ def register(app: Any) -> None:
         window: Annotated[Optional[int], typer.Option(help="Baseline: last K results per key (default 7).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
     ) -> None:
-        """Compare the latest run with its baseline window; exit 1 on a regression."""
+        """Compare the latest run with its baseline window; exit 1 on a regression or on a job without a result
+        (a failing device, named with its last error)."""
         from edgepack.device_bench.regress import detect
         from edgepack.device_bench.store import open_store
 
-        with _user_errors():
-            with open_store(db) as store:
+        with _user_errors("farm regress" if as_json else None):
+            with open_store(db, create=False) as store:
                 report = detect(store, farm=farm, run_id=run,
                                 overrides={"p50": p50, "p99": p99, "alpha": alpha, "window": window})
             report.write(json_out, junit)
         if as_json:
-            _print_json(report.to_dict())
+            _print_envelope("farm regress", report.to_dict(), ok=report.exit_code == 0, errors=[] if report.exit_code == 0
+                            else [{"type": "Regression", "message": report.summary(), "hint": None,
+                                   "exit_code": report.exit_code}])
         else:
             for finding in report.findings:
                 print(f"{finding.status:>20}  {finding.name}: {'; '.join(finding.reasons)}")
-            print(f"run {report.run_id} of {report.farm}: {len(report.regressions)} regression(s) in {len(report.findings)} key(s)")
+            for device, why in sorted(report.failed_devices.items()):
+                print(f"device {device} produced no result tonight: {why}")
+            print(report.summary())
         raise typer.Exit(report.exit_code)
 
     @farm_app.command("report")
@@ -93,6 +102,6 @@ def register(app: Any) -> None:
         from edgepack.device_bench.store import open_store
 
         with _user_errors():
-            with open_store(db) as store:
+            with open_store(db, create=False) as store:
                 path = write_report(store, out, farm=farm)
         print(f"report: {path}")

@@ -48,6 +48,8 @@ class DeviceSpec(_Strict):
     runner: str
     """Runner URI: ``host``, ``ssh://user@host[:port]``, ..."""
     options: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = True
+    """``false``: the device is described but gets no jobs (an opt-in device: ``enabled = "${VAR:-false}"``)."""
 
     @property
     def resource(self) -> str:
@@ -92,11 +94,18 @@ class FarmConfig(_Strict):
             duplicates = sorted({i for i in ids if ids.count(i) > 1})
             if duplicates:
                 raise ValueError(f"duplicate {kind} id(s) {duplicates}")
+        if not self.enabled_devices:
+            raise ValueError("every device has enabled = false: enable at least one")
         targets = {t.id for t in self.targets}
         for device in self.devices:
             if device.profile not in targets:
                 raise ValueError(f"device '{device.id}': profile '{device.profile}' has no [[targets]] entry")
         return self
+
+    @property
+    def enabled_devices(self) -> list[DeviceSpec]:
+        """The devices that get jobs (``enabled = false`` ones are skipped entirely)."""
+        return [d for d in self.devices if d.enabled]
 
     @property
     def bench_config(self) -> BenchConfig:

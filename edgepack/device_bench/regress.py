@@ -11,8 +11,13 @@ its p50/p99 are the medians of the per-run p50s/p99s. A latency regression needs
   of samples) from alarming.
 
 An accuracy regression is a drop of the gate metric below the baseline median by more than the
-gate's ``max_drop`` (or ``accuracy_drop`` when set). Output: :class:`RegressionReport` as JSON and
-JUnit XML; the CLI exits 1 when there is a regression.
+gate's ``max_drop`` (or ``accuracy_drop`` when set).
+
+A job planned tonight that left no result (it failed, its device went offline, the run was interrupted)
+is ``missing``, with the job's error as the reason, whether or not the key has a history: a device that
+failed never disappears silently. :attr:`RegressionReport.failed_devices` names each device that produced
+no result at all tonight, with its last error. Output: :class:`RegressionReport` as JSON and JUnit XML
+(missing results are failures); the CLI exits 1 when there is a regression or a missing result.
 """
 
 from __future__ import annotations
@@ -124,8 +129,23 @@ class RegressionReport:
         return [f for f in self.findings if f.status == "regression"]
 
     @property
+    def missing(self) -> list[Finding]:
+        """Jobs planned tonight that left no result."""
+        return [f for f in self.findings if f.status == "missing"]
+
+    @property
+    def failed_devices(self) -> dict[str, str]:
+        """Devices with jobs tonight and not one result, each with why (its last job's error)."""
+        measured = {f.device for f in self.findings if f.status != "missing"}
+        failed: dict[str, str] = {}
+        for finding in self.missing:
+            if finding.device not in measured:
+                failed[finding.device] = "; ".join(finding.reasons)
+        return failed
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.regressions else 0
+        return 1 if self.regressions or self.missing else 0
 
     def to_dict(self) -> dict[str, Any]:
         counts: dict[str, int] = defaultdict(int)
@@ -137,21 +157,35 @@ class RegressionReport:
             "thresholds": self.thresholds.model_dump(),
             "summary": dict(sorted(counts.items())),
             "regressions": len(self.regressions),
+            "missing": len(self.missing),
+            "failed_devices": self.failed_devices,
             "findings": [f.to_dict() for f in self.findings],
         }
 
+    def summary(self) -> str:
+        """One line: what the CLI prints last."""
+        line = f"run {self.run_id} of {self.farm}: {len(self.regressions)} regression(s)"
+        if self.missing:
+            line += f", {len(self.missing)} missing result(s)"
+        line += f" in {len(self.findings)} key(s)"
+        if self.failed_devices:
+            line += f"; no result tonight from {', '.join(sorted(self.failed_devices))}"
+        return line
+
     def to_junit(self) -> str:
-        """JUnit XML: one test case per key; regressions are failures, no verdict is a skip."""
+        """JUnit XML: one test case per key; regressions and missing results are failures, no verdict is a skip."""
         suite = ET.Element("testsuite", name=f"edgepack-farm.{self.farm}", tests=str(len(self.findings)),
-                           failures=str(len(self.regressions)),
-                           skipped=str(sum(f.status in ("insufficient-history", "missing") for f in self.findings)))
+                           failures=str(len(self.regressions) + len(self.missing)),
+                           skipped=str(sum(f.status == "insufficient-history" for f in self.findings)))
         for finding in self.findings:
             case = ET.SubElement(suite, "testcase", classname=f"{self.farm}.{finding.device}",
                                  name=f"{finding.model}/{finding.target}/{finding.recipe}")
             message = "; ".join(finding.reasons)
             if finding.status == "regression":
                 ET.SubElement(case, "failure", message=message, type="regression").text = json.dumps(finding.to_dict(), indent=1)
-            elif finding.status in ("insufficient-history", "missing"):
+            elif finding.status == "missing":
+                ET.SubElement(case, "failure", message=f"no result tonight: {message}", type="missing")
+            elif finding.status == "insufficient-history":
                 ET.SubElement(case, "skipped", message=f"{finding.status}: {message}")
             else:
                 ET.SubElement(case, "system-out").text = message
@@ -262,10 +296,11 @@ def detect(
             history[row.key].append(row)
     findings = [compare(tonight[key], history.get(key, []), thresholds) for key in sorted(tonight)]
     jobs = {job.spec.key: job for job in store.jobs(tonight_run.id)}
-    for key in sorted(set(history) - set(tonight)):
-        job = jobs.get(key)
-        if job is None:
-            continue  # not planned tonight: retired from the farm, not missing
+    for key in sorted(set(jobs) - set(tonight)):  # keys of earlier runs not planned tonight are retired, not missing
+        job = jobs[key]
         why = f"job {job.status}" + (f": {job.error}" if job.error else "")
-        findings.append(Finding(*key, status="missing", reasons=(why,), run_id=tonight_run.id))
+        if job.status in ("pending", "running"):
+            why += f" (run {tonight_run.status})"
+        findings.append(Finding(*key, status="missing", reasons=(why,), run_id=tonight_run.id,
+                                baseline_runs=tuple(r.run_id for r in history.get(key, [])[-thresholds.window:])))
     return RegressionReport(tonight_run.farm, tonight_run.id, thresholds, tuple(findings))

@@ -1,8 +1,13 @@
 """The farm's HTML report: one self-contained file (plots are embedded PNGs, no network, no scripts).
 
-Sections: the latest run's status and regressions; per device a table of the latest results (with
+Sections: the latest run's status, the devices that failed in it (red, with their last error) and the
+regressions and missing results; per device its state tonight, a table of the latest results (with
 bundle hash and toolchain), its latency history (p50 with the p99 dashed, per model/target/recipe)
 and percentile bars; per target an accuracy x latency scatter. Rows that regressed are highlighted.
+
+A device's state tonight comes from its jobs in the latest run, not from the stored online flag alone:
+``failed`` (no result, or marked offline), ``failing`` (some jobs without a result), ``ok``, or
+``not in this run``.
 """
 
 from __future__ import annotations
@@ -143,11 +148,18 @@ def report_context(store: "Store", *, farm: str | None = None, regressions: "Reg
     for device in sorted({j.spec.device for j in jobs} | {r.device for r in results}):
         history = [r for r in results if r.device == device]
         current = [r for r in history if r.run_id == latest.id]
+        info = devices_info.get(device, {})
+        planned = [j for j in jobs if j.spec.device == device]
+        problems = [j for j in planned if j.status != "ok"]
+        state, last_error = device_state(info, planned, problems)
         devices.append({
             "id": device,
-            "info": devices_info.get(device, {}),
+            "info": info,
+            "state": state,
+            "last_error": last_error,
+            "problems_summary": f"{len(problems)} of {len(planned)} job(s) without a result" if problems else "",
             "rows": [{"row": r, "regression": flagged.get(r.key)} for r in current],
-            "problems": [j for j in jobs if j.spec.device == device and j.status != "ok"],
+            "problems": problems,
             "history_png": _history_plot(history, run_order, set(flagged)) if history else None,
             "percentile_png": _percentile_plot(current) if current else None,
         })
@@ -158,7 +170,24 @@ def report_context(store: "Store", *, farm: str | None = None, regressions: "Reg
     for job in jobs:
         counts[job.status] += 1
     return {"farm": farm, "run": latest, "runs": len(runs), "counts": dict(sorted(counts.items())),
-            "regressions": regressions, "devices": devices, "targets": targets, "database": store.url}
+            "regressions": regressions, "devices": devices, "targets": targets, "database": store.url,
+            "failing": [d for d in devices if d["state"] in ("failed", "failing")]}
+
+
+def device_state(info: dict[str, Any], planned: Sequence[Any], problems: Sequence[Any]) -> tuple[str, str | None]:
+    """(state, last error) of a device in the latest run: ``failed`` when it was planned and produced no
+    result or is offline, ``failing`` when some of its jobs have no result, ``ok``, or ``not in this run``."""
+    errors = [j.error for j in problems if j.error]
+    last_error = errors[-1] if errors else (f"job {problems[-1].status}" if problems else None)
+    if info.get("status") == "offline" and planned:
+        return "failed", info.get("reason") or last_error
+    if not planned:
+        return "not in this run", None
+    if problems and len(problems) == len(planned):
+        return "failed", last_error or info.get("reason")
+    if problems:
+        return "failing", last_error or info.get("reason")
+    return "ok", None
 
 
 def render_report(store: "Store", *, farm: str | None = None, regressions: "RegressionReport | None" = None) -> str:

@@ -2,7 +2,9 @@
 
 Tables (created and upgraded by the Alembic migrations in ``device_bench/migrations``):
 
-- ``runs``: one farm run (farm name, config and its hash, executor, host, status, times);
+- ``runs``: one farm run (farm name, config and its hash, executor, host, status, times); its status is
+  ``running``, ``finished``, or ``interrupted`` (SIGINT/SIGTERM stopped it; ``--resume`` continues it, as
+  it continues a ``running`` run whose farm process died);
 - ``devices``: every device ever seen (profile, runner URI, online/offline and why);
 - ``jobs``: one (device, model, target, recipe) per run with its status
   (``pending``/``running``/``ok``/``failed``/``skipped``), attempts and last error;
@@ -12,6 +14,12 @@ Tables (created and upgraded by the Alembic migrations in ``device_bench/migrati
 
 Every state change is its own short transaction, retried when the database connection dropped
 (:meth:`Store.transaction`), so a crash or a lost connection loses at most the job in flight.
+
+``--db`` takes ``sqlite:///PATH``, a plain file path (SQLite) or ``postgresql://``. Opening for reading
+(``farm regress``/``report``) refuses a SQLite file that does not exist (a typo must not yield an empty
+database); opening for writing creates the file but not a missing directory. A file that is not a SQLite
+database, a read-only or unwritable store, and any other failure to open or write it is one
+:class:`~edgepack.errors.InputError` / :class:`~edgepack.errors.OutputError` naming the database and the fix.
 """
 
 from __future__ import annotations
@@ -43,12 +51,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from edgepack import __version__
 from edgepack.device_bench.config import BenchResult
-from edgepack.errors import InputError
+from edgepack.errors import EdgepackError, InputError, OutputError
 
 T = TypeVar("T")
 
@@ -61,6 +69,9 @@ RETRY_BASE_S = 0.2
 
 JOB_STATES = ("pending", "running", "ok", "failed", "skipped")
 FINAL_JOB_STATES = ("ok", "failed", "skipped")
+RUN_STATES = ("running", "finished", "interrupted")
+UNFINISHED_RUN_STATES = ("running", "interrupted")
+"""Runs ``--resume`` continues: the farm process died (``running``) or was stopped by a signal."""
 
 
 def _now() -> datetime:
@@ -276,11 +287,17 @@ def default_db_url() -> str:
 
 
 def normalize_url(url: str) -> str:
-    """Accept plain ``postgresql://`` (driven by psycopg 3) and ``sqlite:///path``; refuse anything else."""
+    """Accept plain ``postgresql://`` (driven by psycopg 3), ``sqlite:///path`` and a plain file path (a SQLite
+    file, made absolute); refuse anything else."""
+    if "://" not in url and not url.startswith("sqlite:"):
+        if not url.strip():
+            raise InputError("--db: empty database URL", hint="use sqlite:///PATH, a file path or postgresql://user@host/db")
+        url = f"sqlite:///{Path(url).expanduser().absolute()}"
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise InputError(f"--db {url}: not a database URL", hint="use sqlite:///PATH or postgresql://user@host/db") from None
+        raise InputError(f"--db {url}: not a database URL",
+                         hint="use sqlite:///PATH, a file path or postgresql://user@host/db") from None
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -289,11 +306,95 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _engine(url: str) -> Engine:
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (``sqlite:///PATH`` or ``sqlite:///file:PATH?...&uri=true``);
+    ``None`` for other databases and in-memory SQLite."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if database.startswith("file:") and parsed.query.get("uri") == "true":
+        database = database[len("file:"):].split("?")[0]
+        if database.startswith("//"):  # file://host/path: only the local host
+            database = "/" + database[2:].split("/", 1)[-1]
+    if not database or database == ":memory:" or parsed.query.get("mode") == "memory":
+        return None
+    return Path(database).expanduser()
+
+
+def _check_sqlite_file(path: Path, label: str, *, create: bool, make_parent: bool) -> None:
+    """Refuse, with one line naming the database and the fix, a SQLite file that cannot serve: a missing file
+    when reading, a missing or unwritable directory or an unwritable file when writing, a directory."""
+    if path.is_dir():
+        raise InputError(f"{label}: {path} is a directory, not a database file", hint="name a file inside it")
+    if path.exists():
+        if create and not os.access(path, os.R_OK | os.W_OK):
+            raise OutputError(f"{label}: {path} is read-only", hint="make it writable or use another --db")
+        if create and not os.access(path.parent, os.W_OK | os.X_OK):  # SQLite writes its journal beside the file
+            raise OutputError(f"{label}: cannot write {path}: directory {path.parent} is not writable",
+                              hint="make it writable or use another --db")
+        if not os.access(path, os.R_OK):
+            raise InputError(f"{label}: {path} is not readable", hint="fix its permissions or use another --db")
+        return
+    if not create:
+        missing = "" if path.parent.is_dir() else f": directory {path.parent} does not exist"
+        raise InputError(f"{label}: no database file {path}{missing}",
+                         hint="check the path; `edgepack farm run --db ...` creates the database")
+    parent = path.parent
+    if not parent.exists() and make_parent:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{label}: cannot create the directory {parent}: {exc.strerror or exc}",
+                              hint="create it or set $EDGEPACK_DB / --db") from None
+    if not parent.is_dir():
+        raise InputError(f"{label}: directory {parent} does not exist", hint="create it or fix the path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{label}: cannot create {path}: directory {parent} is not writable",
+                          hint="make it writable or use another --db")
+
+
+def _display(url: str) -> str:
+    """``url`` as given, its password hidden."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
+
+
+def _sqlite_code(exc: BaseException) -> str:
+    return str(getattr(getattr(exc, "orig", None), "sqlite_errorname", "") or "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def database_error(exc: DBAPIError, label: str, path: Path | None = None) -> EdgepackError | None:
+    """A database failure that is the database's (not the farm's) as one user-facing line, or ``None``
+    when ``exc`` is a bug to show in full (integrity, programming errors)."""
+    if type(exc) not in (OperationalError, DatabaseError):
+        return None
+    code, reason = _sqlite_code(exc), _first_line(exc)
+    where = path if path is not None else "the database"
+    if code == "SQLITE_NOTADB":
+        return InputError(f"{label}: {where} is not a SQLite database ({reason})",
+                          hint="point --db at a farm database, or at a new file to create one")
+    if code == "SQLITE_CORRUPT" or code.startswith("SQLITE_CORRUPT"):
+        return InputError(f"{label}: {where} is damaged ({reason})", hint="restore it from a backup or use another --db")
+    if code.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN", "SQLITE_FULL", "SQLITE_IOERR")):
+        return OutputError(f"{label}: cannot write {where}: {reason}",
+                           hint="make the file and its directory writable, free space, or use another --db")
+    if code == "SQLITE_BUSY" or code.startswith("SQLITE_LOCKED"):
+        return OutputError(f"{label}: {where} is locked by another process ({reason})",
+                           hint="wait for it to finish or use another --db")
+    return OutputError(f"{label}: database error: {reason}", hint="check that the database is reachable and writable")
+
+
+def _engine(url: str) -> Engine:
+    if make_url(url).get_backend_name() == "sqlite":
         return create_engine(url, connect_args={"timeout": 30})
     return create_engine(url, pool_pre_ping=True)
 
@@ -316,8 +417,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(migrations_config(connection), revision)
 
 
-def _is_disconnect(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+def _is_disconnect(exc: BaseException, backend: str = "postgresql") -> bool:
+    """A dropped connection worth retrying. SQLite has no connection to lose: its OperationalErrors
+    (read-only file, disk full, locked beyond the busy timeout) are final."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return backend != "sqlite" and isinstance(exc, OperationalError)
 
 
 def config_sha256(config: Mapping[str, Any]) -> str:
@@ -358,21 +463,46 @@ def bundle_provenance(bundle: Path, target: str) -> Provenance:
 class Store:
     """Farm results in one database. Open with :meth:`open`; thread-safe (one session per call)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, label: str | None = None) -> None:
         self.engine = engine
+        self.label = label or f"--db {self.url}"
+        """How error messages name the database (the ``--db`` value as given)."""
+        self._file = sqlite_file(engine.url.render_as_string(hide_password=False))
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str | None = None, *, migrate: bool = True) -> "Store":
-        """Connect to ``url`` (default :func:`default_db_url`) and upgrade its schema."""
-        engine = _engine(normalize_url(url or default_db_url()))
+    def open(cls, url: str | None = None, *, migrate: bool = True, create: bool = True) -> "Store":
+        """Connect to ``url`` (default :func:`default_db_url`) and upgrade its schema.
+
+        ``create=False`` (commands that only read) refuses a SQLite file that does not exist instead of
+        creating an empty database. Every failure to open is one :class:`InputError` or
+        :class:`OutputError` naming the database.
+        """
+        if url:
+            label = f"--db {_display(url)}"
+        elif os.environ.get(DB_ENV):
+            label = f"${DB_ENV} {_display(os.environ[DB_ENV])}"
+        else:
+            label = "the default database"
+        normalized = normalize_url(url or default_db_url())
+        path = sqlite_file(normalized)
+        if path is not None:
+            _check_sqlite_file(path, label, create=create, make_parent=not url and not os.environ.get(DB_ENV))
+        engine = _engine(normalized)
+        store = cls(engine, label=label)
         if migrate:
             try:
                 upgrade(engine)
-            except OperationalError as exc:
+            except DBAPIError as exc:
                 engine.dispose()
-                raise InputError(f"--db {engine.url!r}: cannot open the database: {exc.orig}") from None
-        return cls(engine)
+                error = database_error(exc, label, path)
+                if error is None:
+                    raise
+                if path is None and isinstance(exc, OperationalError):
+                    error = InputError(f"{label}: cannot open the database: {_first_line(exc)}",
+                                       hint="check the URL, the server and the credentials")
+                raise error from None
+        return store
 
     def close(self) -> None:
         self.engine.dispose()
@@ -388,14 +518,20 @@ class Store:
         return self.engine.url.render_as_string(hide_password=True)
 
     def transaction(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one transaction; when the connection drops, retry it on a fresh connection."""
+        """Run ``work`` in one transaction; when the connection drops, retry it on a fresh connection.
+        A failure of the database itself (read-only, disk full, not a database, unreachable after the
+        retries) is one :class:`OutputError`/:class:`InputError` line naming the database."""
+        backend = self.engine.url.get_backend_name()
         for attempt in range(1, RETRIES + 1):
             try:
                 with self._sessions.begin() as session:
                     return work(session)
             except DBAPIError as exc:
-                if not _is_disconnect(exc) or attempt == RETRIES:
-                    raise
+                if not _is_disconnect(exc, backend) or attempt == RETRIES:
+                    error = database_error(exc, self.label, self._file)
+                    if error is None:
+                        raise
+                    raise error from None
                 time.sleep(RETRY_BASE_S * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
@@ -427,11 +563,13 @@ class Store:
         return self.transaction(work)
 
     def unfinished_run(self, farm: str, config: Mapping[str, Any]) -> int | None:
-        """The latest run of ``farm`` with this exact config that never finished (the farm process died)."""
+        """The latest run of ``farm`` with this exact config that never finished (the farm process died, or a
+        signal interrupted it)."""
         digest = config_sha256(config)
 
         def work(session: Session) -> int | None:
-            query = (select(Run.id).where(Run.farm == farm, Run.config_sha256 == digest, Run.status == "running")
+            query = (select(Run.id).where(Run.farm == farm, Run.config_sha256 == digest,
+                                          Run.status.in_(UNFINISHED_RUN_STATES))
                      .order_by(Run.id.desc()).limit(1))
             return session.scalar(query)
 
@@ -448,6 +586,17 @@ class Store:
             if run is None:
                 raise InputError(f"run {run_id}: no such run")
             run.resumes += 1
+            run.status = "running"
+
+        self.transaction(work)
+
+    def interrupt_run(self, run_id: int) -> None:
+        """Mark the run ``interrupted`` (a signal stopped the farm): the jobs it was running go back to
+        ``pending`` so that ``--resume`` runs them again; finished jobs stay as they are."""
+
+        def work(session: Session) -> None:
+            session.execute(update(Job).where(Job.run_id == run_id, Job.status == "running").values(status="pending"))
+            session.execute(update(Run).where(Run.id == run_id, Run.status == "running").values(status="interrupted"))
 
         self.transaction(work)
 
@@ -634,9 +783,10 @@ def _row(r: Result, started: datetime) -> ResultRow:
 
 
 @contextmanager
-def open_store(url: str | None = None) -> Iterator[Store]:
-    """``with open_store(url) as store:`` — open, migrate, and dispose of the connections afterwards."""
-    store = Store.open(url)
+def open_store(url: str | None = None, *, create: bool = True) -> Iterator[Store]:
+    """``with open_store(url) as store:`` — open, migrate, and dispose of the connections afterwards
+    (``create=False``: for reading, refuse a SQLite file that does not exist)."""
+    store = Store.open(url, create=create)
     try:
         yield store
     finally:

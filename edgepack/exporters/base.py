@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from edgepack.data.dataset import Dataset
 from edgepack.hashing import file_sha256
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.targets.schema import TargetProfile
+
+if TYPE_CHECKING:
+    from edgepack.contract.metadata import Contract
 
 Arrays = dict[str, np.ndarray]
 
@@ -139,6 +142,9 @@ class Exporter(ABC):
     runtime: ClassVar[str]
     distributions: ClassVar[tuple[str, ...]] = ()
     """PyPI distributions whose versions are recorded as the toolchain."""
+    artifact_formats: ClassVar[dict[str, str]] = {}
+    """The artifact formats this exporter writes, each with how its main file (or directory) is named
+    (``{"tflite": ".tflite"}``); ``verify`` refuses a bundle whose artifact record claims anything else."""
 
     def toolchain(self) -> Toolchain:
         """Installed versions of this runtime's toolchain, and install hints for missing parts."""
@@ -168,6 +174,11 @@ class Exporter(ABC):
     @abstractmethod
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
         """A host predictor for ``artifact``, or why it cannot run here."""
+
+    def embed_contract(self, artifact: Artifact, contract: "Contract") -> None:  # noqa: B027 - optional hook
+        """Write ``contract`` (labels, I/O, preprocessing, provenance) into the artifact's own container, in
+        place. Called by ``export()`` right before it returns, so parity and the bundle's hashes see the final
+        file. Default: nothing (runtimes without a metadata container)."""
 
     def excludable_layers(
         self,

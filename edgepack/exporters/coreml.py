@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from edgepack.compress.recipe import Recipe
+from edgepack.contract.metadata import Contract
 from edgepack.data.dataset import Dataset
 from edgepack.errors import ExportError, ProfileError, UnsupportedError
 from edgepack.exporters.base import Artifact, Exporter, NotRunnable, Predictor
@@ -125,6 +126,7 @@ class CoreMlExporter(Exporter):
     """iphone-15-pro / mac-apple-silicon: Core ML mlprogram, compressed with coremltools.optimize."""
 
     runtime = "coreml"
+    artifact_formats = {"mlpackage": ".mlpackage"}
     distributions: ClassVar[tuple[str, ...]] = ("coremltools", "torch")
 
     def supports(self, recipe: Recipe) -> str | None:
@@ -174,6 +176,12 @@ class CoreMlExporter(Exporter):
         model.save(str(staging))
         staging.rename(package)
         staging.parent.rmdir()
+        inputs = _artifact_specs(source.inputs, converted.dynamic)
+        outputs = _artifact_specs(source.outputs, converted.dynamic)
+        toolchain = self.toolchain().versions
+        # Before the static check and the descriptor's spec hash: the spec is final from here on.
+        self._embed(package, Contract.build(source, target=profile.id, recipe=recipe.name, precision=compute,
+                                            format="mlpackage", inputs=inputs, outputs=outputs, toolchain=toolchain))
         checks = _static_check(package, source, ios_major, planned)
         plan = compute_plan_counts(package)
         settings: dict[str, Any] = {
@@ -189,12 +197,22 @@ class CoreMlExporter(Exporter):
         files = (descriptor, *sorted(p for p in package.rglob("*") if p.is_file()))
         return PackageArtifact(
             target_id=profile.id, runtime=self.runtime, path=package, files=files, format="mlpackage",
-            precision=compute, recipe=recipe.name, inputs=_artifact_specs(source.inputs, converted.dynamic),
-            outputs=_artifact_specs(source.outputs, converted.dynamic), toolchain=self.toolchain().versions,
+            precision=compute, recipe=recipe.name, inputs=inputs, outputs=outputs, toolchain=toolchain,
             converter=f"coremltools ({converted.converter})", settings=settings,
             notes=(f"Core ML mlprogram for {target_name}+; open model.mlpackage in Xcode or load it with "
                    "MLModel(contentsOf:) on the device. Parity and accuracy were not measured (no Core ML here).",),
         )
+
+    def embed_contract(self, artifact: Artifact, contract: Contract) -> None:
+        """Rewrites the package's spec; ``export()`` embeds before writing ``coreml.json`` (which records the
+        spec's hash), so a later call leaves that descriptor stale."""
+        self._embed(artifact.path, contract)
+
+    @staticmethod
+    def _embed(package: Path, contract: Contract) -> None:
+        from edgepack.contract.coreml_meta import write_coreml_contract
+
+        write_coreml_contract(package, contract)
 
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
         return NotRunnable(NOT_RUNNABLE)

@@ -42,7 +42,7 @@ DESCRIPTOR = "coreml.json"
 
 def import_coremltools() -> Any:
     """``coremltools``, imported after ``torch._dynamo``: coremltools imports TensorFlow, and TensorFlow before
-    ``torch._dynamo`` segfaults on these machines (FIELD-NOTES "Import order")."""
+    ``torch._dynamo`` segfaults on these machines."""
     import torch._dynamo  # noqa: F401
 
     import coremltools

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgepack.compress.recipe import Recipe
+from edgepack.contract.metadata import Contract
 from edgepack.data.dataset import Dataset
 from edgepack.errors import ExportError
 from edgepack.exporters.base import Artifact, NotRunnable, Predictor
@@ -70,6 +71,8 @@ class EdgeTpuExporter(TfliteExporter):
     """coral-edgetpu: full-integer TFLite, compiled for the Edge TPU where the compiler exists."""
 
     runtime = "edgetpu"
+    artifact_formats = {"tflite-edgetpu": ".tflite"}
+    embeds_contract_in_export = False  # embedded below, once the artifact (format, toolchain) is final
 
     def supports(self, recipe: Recipe) -> str | None:
         if recipe.precision != "int8" or recipe.quantization.io == "float":
@@ -101,8 +104,10 @@ class EdgeTpuExporter(TfliteExporter):
             files, settings = self._compile(artifact.path, files, settings)
         else:
             settings["compiled"] = f"not here ({COMPILER} not on PATH): run compile_edgetpu.sh where it is installed"
-        return replace(artifact, files=tuple(files), format="tflite-edgetpu", settings=settings,
-                       toolchain={**artifact.toolchain, COMPILER: settings.get("compiler_version", "not installed")})
+        artifact = replace(artifact, files=tuple(files), format="tflite-edgetpu", settings=settings,
+                           toolchain={**artifact.toolchain, COMPILER: settings.get("compiler_version", "not installed")})
+        self.embed_contract(artifact, Contract.for_artifact(source, artifact))
+        return artifact
 
     def _compile(self, model: Path, files: list[Path], settings: dict) -> tuple[list[Path], dict]:
         completed = subprocess.run(compile_command(model.name), cwd=model.parent, capture_output=True, text=True,

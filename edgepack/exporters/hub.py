@@ -10,6 +10,7 @@ from typing import ClassVar
 from edgepack.compress.quantize import QuantizationPlan, plan
 from edgepack.compress.recipe import Recipe
 from edgepack.data.dataset import Dataset
+from edgepack.contract.metadata import Contract
 from edgepack.exporters.base import Artifact, Exporter
 from edgepack.exporters.onnx import export_onnx, is_prequantized
 from edgepack.models.source import ModelSource
@@ -56,7 +57,7 @@ class OnnxHubExporter(Exporter):
             settings = {**settings, "mode": "qat-qdq", "quantized_by": "edgepack qat pass (NNCF fake-quant)"}
         inputs = source.inputs if dynamic else [s.with_static_shape() for s in source.inputs]
         outputs = source.outputs if dynamic else [s.with_static_shape() for s in source.outputs]
-        return Artifact(
+        artifact = Artifact(
             target_id=profile.id,
             runtime=self.runtime,
             path=files[0],
@@ -70,3 +71,5 @@ class OnnxHubExporter(Exporter):
             converter=self.converter if source.torch_module is None else f"torch.onnx + {self.converter}",
             settings={"dynamic_shapes": dynamic, **settings},
         )
+        self.embed_contract(artifact, Contract.for_artifact(source, artifact))
+        return artifact

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgepack.compress.quantize import QuantizationPlan
 from edgepack.compress.recipe import Recipe
+from edgepack.contract.metadata import Contract
 from edgepack.errors import ExportError
 from edgepack.exporters.base import Arrays, Artifact, NotRunnable, Predictor
 from edgepack.exporters.hub import OnnxHubExporter
@@ -53,6 +54,7 @@ class OpenVinoExporter(OnnxHubExporter):
     distributions = ("openvino", "nncf", "onnx", "torch")
     precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")
     artifact_format = "openvino-ir"
+    artifact_formats = {"openvino-ir": ".xml"}
     converter = "openvino.convert_model"
 
     def quantization_reason(self, plan: QuantizationPlan) -> str | None:
@@ -79,6 +81,11 @@ class OpenVinoExporter(OnnxHubExporter):
         _stable_friendly_names(model)
         ov.save_model(model, str(xml), compress_to_fp16=recipe.precision == "fp16")
         return (xml, xml.with_suffix(".bin")), settings
+
+    def embed_contract(self, artifact: Artifact, contract: Contract) -> None:
+        from edgepack.contract.openvino_meta import write_openvino_contract
+
+        write_openvino_contract(artifact.path, contract)
 
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
         try:

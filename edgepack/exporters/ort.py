@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgepack.compress.quantize import QuantizationPlan
 from edgepack.compress.recipe import Recipe
+from edgepack.contract.metadata import Contract
 from edgepack.errors import ExportError
 from edgepack.exporters.base import Arrays, Artifact, NotRunnable, Predictor
 from edgepack.exporters.hub import OnnxHubExporter
@@ -71,6 +72,7 @@ class OrtExporter(OnnxHubExporter):
     distributions = ("onnxruntime", "onnx", "torch")
     precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")
     artifact_format = "onnx"
+    artifact_formats = {"onnx": ".onnx"}
     converter = "onnxruntime"
 
     def quantization_reason(self, plan: QuantizationPlan) -> str | None:
@@ -98,6 +100,11 @@ class OrtExporter(OnnxHubExporter):
             raise ExportError(f"ONNX Runtime offline optimisation failed: {str(exc).splitlines()[0][:200]}") from None
         staged.unlink()
         return (final,), {"opt_level": "ORT_ENABLE_EXTENDED"}
+
+    def embed_contract(self, artifact: Artifact, contract: Contract) -> None:
+        from edgepack.contract.onnx_meta import write_onnx_contract
+
+        write_onnx_contract(artifact.path, contract)
 
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
         try:

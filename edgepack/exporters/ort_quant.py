@@ -1,7 +1,7 @@
 """ONNX Runtime quantization the way that is fast on CPU, measured on these machines:
 ``quant_pre_process`` (shape inference + graph optimisation) first, then QDQ with uint8 activations and
 int8 per-channel weights. The peers' default (QDQ S8S8 per-tensor, no pre-processing) ran at 0.6-0.8x
-the speed of fp32; this layout ran at 1.3-1.8x (FIELD-NOTES). Without VNNI, weights use ``reduce_range``
+the speed of fp32; this layout ran at 1.3-1.8x (docs/benchmarks.md). Without VNNI, weights use ``reduce_range``
 (7-bit) to avoid the u8*s8 saturation of AVX2 kernels.
 """
 
@@ -12,6 +12,7 @@ import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,6 +111,15 @@ def _mse_overrides(model: Path, plan: QuantizationPlan, symmetric: bool) -> dict
     return overrides
 
 
+def pre_process_in_workdir(pre_process: Any, src: Path, prepared: Path, **options: Any) -> None:
+    """ONNX Runtime's ``quant_pre_process``, run with ``prepared``'s folder as the working directory: its
+    symbolic shape inference saves ``sym_shape_infer_temp.onnx`` and a weight copy into the *current*
+    directory when inference is incomplete; they must land in edgepack's scratch dir, not the user's."""
+    source, target = src.absolute(), prepared.absolute()
+    with contextlib.chdir(target.parent):
+        pre_process(str(source), str(target), **options)
+
+
 def _int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -121,7 +131,7 @@ def _int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
     )
 
     prepared = dst.with_name("preprocessed.onnx")
-    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+    pre_process_in_workdir(quant_pre_process, src, prepared, skip_symbolic_shape=False)
     excluded = _excluded_nodes(prepared, plan.exclude)
     q = plan.recipe.quantization
     reduce_range = not has_vnni()

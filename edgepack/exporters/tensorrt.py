@@ -23,6 +23,7 @@ import numpy as np
 from edgepack.compress.quantize import QuantizationPlan, plan
 from edgepack.compress.recipe import Recipe
 from edgepack.data.dataset import Dataset
+from edgepack.contract.metadata import Contract
 from edgepack.exporters.base import Arrays, Artifact, Exporter, NotRunnable, Predictor
 from edgepack.exporters.onnx import export_onnx, is_prequantized
 from edgepack.models.source import ModelSource, TensorSpec
@@ -123,11 +124,11 @@ def _quantize_explicit(hub: Path, dst: Path, quantization: QuantizationPlan) -> 
     """QDQ the way TensorRT consumes it: symmetric int8 activations and weights, per-channel weights."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
-    from edgepack.exporters.ort_quant import _excluded_nodes, _quiet_root_logger, _Reader
+    from edgepack.exporters.ort_quant import _excluded_nodes, _quiet_root_logger, _Reader, pre_process_in_workdir
 
     with _quiet_root_logger():
         prepared = dst.with_name("preprocessed.onnx")
-        quant_pre_process(str(hub), str(prepared), skip_optimization=True)
+        pre_process_in_workdir(quant_pre_process, hub, prepared, skip_optimization=True)
         quantize_static(
             str(prepared), str(dst), _Reader(quantization), quant_format=QuantFormat.QDQ, per_channel=True,
             reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -147,6 +148,7 @@ class TensorRtExporter(Exporter):
     """jetson-*: ONNX (fp16) or QDQ ONNX (int8) + trtexec build command; the engine is built on the device."""
 
     runtime = "tensorrt"
+    artifact_formats = {"onnx-qdq": ".onnx", "onnx": ".onnx"}
     distributions: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime", "torch")
 
     def supports(self, recipe: Recipe) -> str | None:
@@ -190,13 +192,20 @@ class TensorRtExporter(Exporter):
         settings["engine_build"] = build_and_time(workdir, command)
         settings |= {"trtexec": shlex.join(command), "tensorrt": pin, "engine": "built on device (not portable)",
                      "dla": dla, "sparsity": _sparse(source)}
-        return Artifact(
+        artifact = Artifact(
             target_id=profile.id, runtime=self.runtime, path=model, files=tuple(files), format="onnx-qdq"
             if recipe.precision == "int8" else "onnx", precision=recipe.precision, recipe=recipe.name, inputs=inputs,
             outputs=outputs, toolchain=self.toolchain().versions, converter="onnxruntime.quantization (QDQ)"
             if recipe.precision == "int8" else "torch.onnx", settings=settings,
             notes=("The TensorRT engine is built on the device with build_engine.sh; it is not shipped.",),
         )
+        self.embed_contract(artifact, Contract.for_artifact(source, artifact))
+        return artifact
+
+    def embed_contract(self, artifact: Artifact, contract: Contract) -> None:
+        from edgepack.contract.onnx_meta import write_onnx_contract
+
+        write_onnx_contract(artifact.path, contract)
 
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
         try:

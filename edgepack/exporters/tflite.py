@@ -34,6 +34,7 @@ import numpy as np
 
 from edgepack.compress.recipe import Recipe
 from edgepack.compress.sensitivity import quantizable_layers
+from edgepack.contract.metadata import Contract
 from edgepack.data.dataset import Dataset
 from edgepack.errors import ExportError
 from edgepack.exporters.base import Arrays, Artifact, Exporter, NotRunnable, Predictor, Toolchain
@@ -42,7 +43,6 @@ from edgepack.exporters.tflite_io import (
     DEFAULT_THREADS,
     TfliteIO,
     TflitePredictor,
-    ambiguous_outputs,
     artifact_specs,
     check_loadable,
     flex_ops,
@@ -122,6 +122,7 @@ class TfliteExporter(Exporter):
     """TFLite (LiteRT) artifacts through onnx2tf, with litert-torch as the alternate path."""
 
     runtime = "tflite"
+    artifact_formats = {"tflite": ".tflite"}
     distributions = ("onnx2tf", "tensorflow-cpu", "ai-edge-litert", "onnx", "onnxslim", "torch")
 
     def __init__(self, *, timeout_s: float = DEFAULT_TIMEOUT_S, threads: int = DEFAULT_THREADS) -> None:
@@ -155,7 +156,7 @@ class TfliteExporter(Exporter):
         settings: dict[str, Any] = {"signature": io.signature, "input_map": input_map, "output_map": output_map}
         if converted.settings:
             settings["quantization"] = converted.settings
-        return Artifact(
+        artifact = Artifact(
             target_id=profile.id,
             runtime=self.runtime,
             path=target,
@@ -170,6 +171,19 @@ class TfliteExporter(Exporter):
             notes=converted.notes,
             settings=settings,
         )
+        if self.embeds_contract_in_export:
+            self.embed_contract(artifact, Contract.for_artifact(source, artifact))
+        return artifact
+
+    embeds_contract_in_export = True
+    """Subclasses that finish the artifact after this export (the Edge TPU's) embed the contract themselves."""
+
+    def embed_contract(self, artifact: Artifact, contract: Contract) -> None:
+        from edgepack.contract.tflite_meta import write_tflite_contract
+
+        for path in artifact.files:
+            if path.suffix == ".tflite":
+                write_tflite_contract(path, contract)
 
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
         if importlib.util.find_spec("ai_edge_litert") is None:
@@ -231,7 +245,8 @@ class TfliteExporter(Exporter):
             return Path(hit["path"]), tuple(hit["notes"])
         outcome = run_worker("onnx2tf", job.request, job.rundir, self.timeout_s)
         if not outcome.ok:
-            raise ExportError(f"{outcome.reason} (log: {outcome.log})")
+            reason = _with_op_type(outcome.reason, job.rundir / "model.onnx")
+            raise ExportError(f"{reason} (log: {outcome.log})")
         for name, path in outcome.files.items():
             if name in job.keys:
                 cache[job.keys[name]] = {"path": path, "notes": list(outcome.notes)}
@@ -365,15 +380,53 @@ class TfliteExporter(Exporter):
     ) -> tuple[TfliteIO, dict[str, Any], dict[str, Any]]:
         """Read the .tflite I/O and map the source's tensors onto it (see :mod:`tflite_io`).
 
-        Outputs are matched by shape; when several .tflite outputs fit one source output, one probe
-        input decides (the source's own outputs against the .tflite's)."""
+        One probe input is run through the source (its outputs' concrete shapes: the declared ones may
+        stay symbolic after the inputs were fixed) and the .tflite (whose values break ties between
+        outputs of one shape); outputs are matched by name, then shape, values and order."""
         io = read_tflite_io(path)
         input_map = match_inputs(source.inputs, io.inputs, converter)
-        probe = None
-        if len(io.outputs) > 1 or ambiguous_outputs(source.outputs, io, converter):
-            probe = _probe_outputs(source, path, io, input_map, calib, workdir)
+        probe = _probe_outputs(source, path, io, input_map, calib, workdir)
         output_map = match_outputs(source.outputs, io.outputs, converter, probe)
         return io, input_map, output_map
+
+
+_NODE_IN_REASON = re.compile(r"\[ONNX node (?P<node>.+)\]$")
+
+
+def _with_op_type(reason: str, prepared: Path) -> str:
+    """``... [ONNX node NAME]`` -> ``... [ONNX LSTM node NAME]``: the op type (and unmangled name) of the
+    node onnx2tf failed on, read from the prepared ONNX file the worker converted (after onnxslim; the
+    reason is unchanged when that cannot be read)."""
+    match = _NODE_IN_REASON.search(reason)
+    if match is None or not prepared.is_file():
+        return reason
+    try:
+        import onnx
+
+        model = onnx.load(str(prepared), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the op type is a courtesy
+        return reason
+    printed = match["node"]
+    found = next((n for n in _all_nodes(model.graph) if printed in (n.name, _onnx2tf_name(n.name))), None)
+    if found is None:
+        return reason
+    return f"{reason[: match.start()]}[ONNX {found.op_type} node {found.name or printed}]"
+
+
+def _onnx2tf_name(name: str) -> str:
+    """A node name as onnx2tf prints it (``:`` -> ``__``, a leading ``/`` -> ``wa/``)."""
+    return re.sub(r"^/", "wa/", name.replace(":", "__"))
+
+
+def _all_nodes(graph: Any) -> Any:
+    """Every node of ``graph`` and of its subgraphs (If/Loop bodies)."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.g.node:
+                yield from _all_nodes(attribute.g)
+            for sub in attribute.graphs:
+                yield from _all_nodes(sub)
 
 
 def _check_builtin_only(path: Path, flex: list[str]) -> None:
@@ -391,15 +444,19 @@ def _probe_outputs(
     input_map: dict[str, Any],
     calib: Dataset | None,
     workdir: Path,
-) -> tuple[Arrays, Arrays] | None:
-    """The source's outputs and the .tflite's outputs (keyed by .tflite name, dequantized) for one input."""
+) -> tuple[Arrays, Arrays | None] | None:
+    """The source's outputs and the .tflite's outputs (keyed by .tflite name, dequantized; ``None`` when
+    the .tflite cannot run it) for one input; ``None`` when the source cannot be run either."""
     try:
         feeds = _probe_inputs(source, calib)
         reference = _source_reference(source, feeds, workdir)
-        settings = {"signature": io.signature, "input_map": input_map, "output_map": {}}
-        actual = TflitePredictor(path, settings, threads=1).run_raw(feeds)
-    except Exception:  # noqa: BLE001 - the probe only breaks ties; without it the output order decides
+    except Exception:  # noqa: BLE001 - without it the declared shapes and the output order decide
         return None
+    try:
+        settings = {"signature": io.signature, "input_map": input_map, "output_map": {}}
+        actual: Arrays | None = TflitePredictor(path, settings, threads=1).run_raw(feeds)
+    except Exception:  # noqa: BLE001 - values only break ties; shapes still come from the source
+        actual = None
     return reference, actual
 
 
@@ -412,7 +469,8 @@ def _probe_inputs(source: ModelSource, calib: Dataset | None) -> Arrays:
 
 
 def _source_reference(source: ModelSource, feeds: Arrays, workdir: Path) -> Arrays:
-    """The source's own outputs: the torch module when there is one, else ONNX Runtime on the hub file."""
+    """The source's own outputs: the torch module when there is one, else ONNX Runtime on the static hub
+    file (the one that was converted)."""
     names = [s.name for s in source.outputs]
     if source.torch_module is not None:
         import torch

@@ -3,8 +3,13 @@ and the host :class:`TflitePredictor` (LiteRT interpreter) that speaks the sourc
 float values.
 
 Mapping (``settings["input_map"]`` / ``settings["output_map"]``): source tensor name ->
-``{"name", "position", "perm"}`` with ``artifact = source.transpose(perm)``. onnx2tf moves 4-D/5-D inputs
-(and possibly 3-5-D outputs) to channel-last; litert-torch keeps the source layout.
+``{"name", "position", "perm"}`` with ``artifact = source.transpose(perm)``; an output entry may also
+carry ``"shape"`` when the converter squeezed, added or moved size-1 dims:
+``artifact = source.transpose(perm).reshape(artifact shape)`` and back with ``reshape(shape)`` before the
+inverse permutation. onnx2tf moves 4-D/5-D inputs (and possibly 3-5-D outputs) to channel-last;
+litert-torch keeps the source layout. Outputs are matched by name, then by concrete shape (from one
+probe run of the source: real ONNX files keep symbolic output dims), values and output order
+(:func:`match_outputs`).
 
 Quantized I/O (full-integer models): an int8/uint8/int16 input with quantization parameters receives
 ``round(x / scale) + zero_point`` (saturated) when the caller passes floats; integer outputs with
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -30,7 +36,7 @@ import numpy as np
 
 from edgepack.errors import ExportError
 from edgepack.exporters.base import Arrays, Predictor
-from edgepack.models.source import QuantParams, TensorSpec
+from edgepack.models.source import Dim, QuantParams, TensorSpec
 
 DEFAULT_THREADS = 2
 CHANNEL_LAST = {3: (0, 2, 1), 4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
@@ -215,13 +221,15 @@ def _transposed_shape(shape: Sequence[int], perm: Sequence[int]) -> tuple[int, .
 def match_inputs(specs: Sequence[TensorSpec], tensors: Sequence[TfliteTensor], converter: str) -> dict[str, Any]:
     """source input name -> {"name", "position", "perm"}.
 
-    onnx2tf keeps the ONNX input names, so inputs are matched by name (position as a fallback);
-    litert-torch names them ``args_N`` in the source's order, so they are matched by position.
+    onnx2tf keeps the ONNX input names (up to characters TensorFlow rejects), so inputs are matched by
+    name (position as a fallback); litert-torch names them ``args_N`` in the source's order, so they are
+    matched by position.
     """
     lookup = {t.name: t for t in tensors} if converter == "onnx2tf" else {}
+    normal = {_normal_name(t.name): t for t in tensors} if converter == "onnx2tf" else {}
     mapping: dict[str, Any] = {}
     for index, spec in enumerate(specs):
-        tensor = lookup.get(spec.name)
+        tensor = lookup.get(spec.name) or normal.get(_normal_name(spec.name))
         if tensor is None:
             if index >= len(tensors):
                 raise ExportError(f"the .tflite model has {len(tensors)} input(s), the source {len(specs)}")
@@ -236,59 +244,183 @@ def match_inputs(specs: Sequence[TensorSpec], tensors: Sequence[TfliteTensor], c
     return mapping
 
 
-def output_candidates(
-    spec: TensorSpec, tensors: Sequence[TfliteTensor], converter: str
-) -> list[tuple[TfliteTensor, tuple[int, ...]]]:
-    shape = spec.concrete_shape(1)
+@dataclass(frozen=True)
+class OutputFit:
+    """How a source output fits one .tflite output: ``artifact = source.transpose(perm)``, then reshaped
+    to the artifact's shape when ``reshape`` (a squeezed, unsqueezed or moved size-1 dim)."""
+
+    tensor: TfliteTensor
+    perm: tuple[int, ...]
+    reshape: bool = False
+
+    def entry(self, source_shape: Sequence[int] | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.tensor.name, "position": self.tensor.position, "perm": list(self.perm)}
+        if self.reshape and source_shape is not None:
+            # the artifact's output is reshaped to this (the source's shape in artifact axis order) before
+            # the inverse permutation
+            entry["shape"] = [int(source_shape[p]) for p in self.perm]
+        return entry
+
+
+_ORDERED_NAME = re.compile(r"^(?:Identity|output|StatefulPartitionedCall)(?:_(\d+))?(?::(\d+))?$")
+"""Output names the TF / TFLite converters give in the model's output order: ``Identity``, ``Identity_1``
+(onnx2tf float files, no signature) and ``output_0``, ``output_1`` (signature keys of its quantized files,
+which the signature lists in lexicographic order: ``output_10`` before ``output_2``)."""
+
+
+def declared_index(tensor: TfliteTensor) -> int:
+    """The output's place in the converted model's output order (from its generated name, else its position)."""
+    match = _ORDERED_NAME.match(tensor.name)
+    if match is None:
+        return tensor.position
+    return int(match.group(1) or match.group(2) or 0)
+
+
+def _normal_name(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+def _dims_fit(shape: Sequence[Dim], target: Sequence[int]) -> bool:
+    """Equal rank and every fixed dim equal (symbolic dims fit anything)."""
+    return len(shape) == len(target) and all(not isinstance(d, int) or d == t for d, t in zip(shape, target))
+
+
+def _non_unit(shape: Sequence[Dim]) -> list[Dim]:
+    return [d for d in shape if d != 1]
+
+
+def _numel(shape: Sequence[Dim]) -> int | None:
+    return int(np.prod(shape)) if all(isinstance(d, int) for d in shape) else None
+
+
+def fit_output(shape: Sequence[Dim], tensor: TfliteTensor, converter: str) -> list[OutputFit]:
+    """Every way ``shape`` (the source output's concrete shape, or its declared one with symbolic dims)
+    fits ``tensor``, best first: the layouts the converter may have used (channel-last for onnx2tf's
+    3-5-D outputs, then identity), exactly; then the same with size-1 dims squeezed, added or moved
+    (a reshape), when everything else is equal."""
+    perms = _candidate_perms(len(shape), converter)
+    exact = [OutputFit(tensor, p) for p in perms if _dims_fit(_transposed_shape(shape, p), tensor.shape)]
+    if exact:
+        return exact
+    if any(not isinstance(d, int) for d in shape):
+        return []  # a reshape needs every dim known (the concrete shape from a probe run)
     return [
-        (tensor, perm)
-        for tensor in tensors
-        for perm in _candidate_perms(len(shape), converter)
-        if len(tensor.shape) == len(shape) and _transposed_shape(shape, perm) == tensor.shape
+        OutputFit(tensor, p, reshape=True)
+        for p in perms
+        if _non_unit(_transposed_shape(shape, p)) == _non_unit(tensor.shape)
     ]
 
 
 def _relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
-    reference = reference.astype(np.float64)
-    actual = actual.astype(np.float64)
-    scale = max(float(np.max(np.abs(reference))) if reference.size else 0.0, 1e-12)
-    return float(np.max(np.abs(reference - actual))) / scale if reference.size else 0.0
+    reference = np.asarray(reference, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    if reference.shape != actual.shape:
+        return float("inf")
+    if not reference.size:
+        return 0.0
+    scale = max(float(np.max(np.abs(reference))), 1e-12)
+    error = float(np.max(np.abs(reference - actual))) / scale
+    return error if np.isfinite(error) else float("inf")
+
+
+def _fit_error(fit: OutputFit, reference: np.ndarray, actual: Arrays) -> float:
+    value = actual.get(fit.tensor.name)
+    if value is None:
+        return float("inf")
+    expected = np.transpose(np.asarray(reference), fit.perm)
+    if fit.reshape:
+        if expected.size != np.asarray(value).size:
+            return float("inf")
+        expected = expected.reshape(np.asarray(value).shape)
+    return _relative_error(expected, value)
+
+
+def _describe(specs: Sequence[TensorSpec], shapes: dict[str, tuple[int, ...]], tensors: Sequence[TfliteTensor]) -> str:
+    source = ", ".join(f"{s.name} {list(shapes.get(s.name, s.shape))}" for s in specs)
+    artifact = ", ".join(f"{t.name} {list(t.shape)}" for t in tensors)
+    return f"source outputs: {source}; .tflite outputs: {artifact}"
 
 
 def match_outputs(
     specs: Sequence[TensorSpec],
     tensors: Sequence[TfliteTensor],
     converter: str,
-    probe: tuple[Arrays, Arrays] | None,
+    probe: tuple[Arrays, Arrays | None] | None,
 ) -> dict[str, Any]:
-    """source output name -> {"name", "position", "perm"}.
+    """source output name -> {"name", "position", "perm"} (plus "shape" where a reshape is needed).
 
-    Candidates must fit the shape (as is, or channel-last for 3-5-D); among several, the one whose
-    values are closest to the source's on a probe input wins (``probe`` = (source outputs, tflite
-    outputs keyed by tflite name)), else the first in the model's output order.
+    ``probe`` = (source outputs, .tflite outputs keyed by .tflite name, or ``None`` when the .tflite could
+    not be run) for one input: the source's outputs give the concrete output shapes (real ONNX files keep
+    symbolic output dims after their inputs are fixed: ``p2o.DynamicDimension.3``, ``batch x 84 x ...``);
+    without them the declared shapes are used, symbolic dims fitting anything.
+
+    Each source output is matched by name (where the converter kept it); then, among the .tflite outputs
+    its shape fits (see :func:`fit_output`; channel-last and squeezed forms included), the one whose
+    values are closest to the source's on the probe input, ties going to the same place in the output
+    order (:func:`declared_index`), then the first in that order; outputs with fewer fitting candidates
+    choose first. When nothing fits by shape, an output with the same number of elements at the same
+    place in the order is taken (reshaped) so that parity, not bookkeeping, judges it.
     """
-    used: set[str] = set()
+    reference, actual = probe if probe is not None else ({}, None)
+    shapes = {s.name: tuple(int(d) for d in np.shape(reference[s.name])) for s in specs if s.name in reference}
+    ordered = sorted(tensors, key=lambda t: (declared_index(t), t.position))
+    rank = {t.name: index for index, t in enumerate(ordered)}
+    fits = {s.name: [f for t in ordered for f in fit_output(shapes.get(s.name, s.shape), t, converter)] for s in specs}
     mapping: dict[str, Any] = {}
-    for spec in specs:
-        candidates = [(t, p) for t, p in output_candidates(spec, tensors, converter) if t.name not in used]
+    used: set[str] = set()
+
+    def take(spec: TensorSpec, fit: OutputFit) -> None:
+        used.add(fit.tensor.name)
+        mapping[spec.name] = fit.entry(shapes.get(spec.name, spec.concrete_shape(1)))
+
+    # generated names (Identity_N, output_N) say where an output is in the order, not which one it is
+    by_name = {_normal_name(t.name): t.name for t in tensors if _ORDERED_NAME.match(t.name) is None}
+    for spec in specs:  # 1. names the converter kept
+        name = by_name.get(_normal_name(spec.name))
+        fit = next((f for f in fits[spec.name] if f.tensor.name == name and name not in used), None)
+        if fit is not None:
+            take(spec, fit)
+    def key(index: int, spec: TensorSpec) -> Any:
+        def score(fit: OutputFit) -> tuple[float, bool, bool, int]:
+            known = actual is not None and spec.name in reference
+            error = _fit_error(fit, reference[spec.name], actual) if known else 0.0
+            return (error, fit.reshape, rank[fit.tensor.name] != index, rank[fit.tensor.name])
+
+        return score
+
+    # 2. shape, then values, then order; the output with the fewest fitting candidates goes first, so an
+    # output with a symbolic dim cannot take the only .tflite output another one fits
+    pending = [(index, spec) for index, spec in enumerate(specs) if spec.name not in mapping]
+    while pending:
+        options = [(index, spec, [f for f in fits[spec.name] if f.tensor.name not in used]) for index, spec in pending]
+        fitting = [option for option in options if option[2]]
+        if not fitting:
+            break
+        index, spec, candidates = min(fitting, key=lambda option: (len(option[2]), option[0]))
+        take(spec, min(candidates, key=key(index, spec)))
+        pending.remove((index, spec))
+    for index, spec in pending:  # 3. nothing fits by shape: the same size at the same place in the order
+        candidates = _same_size(shapes.get(spec.name), index, ordered, used, converter)
         if not candidates:
-            shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in tensors)
             raise ExportError(
-                f"source output '{spec.name}' {spec.shape_str()} has no matching .tflite output ({shapes})"
+                f"source output '{spec.name}' {list(shapes.get(spec.name, spec.shape))} fits no unmatched .tflite "
+                f"output by shape or size ({_describe(specs, shapes, tensors)})"
             )
-        if probe is not None and len(candidates) > 1:
-            reference, actual = probe
-            candidates.sort(
-                key=lambda c: _relative_error(np.transpose(reference[spec.name], c[1]), actual[c[0].name])
-            )
-        tensor, perm = candidates[0]
-        used.add(tensor.name)
-        mapping[spec.name] = {"name": tensor.name, "position": tensor.position, "perm": list(perm)}
+        take(spec, min(candidates, key=key(index, spec)))
     return mapping
 
 
-def ambiguous_outputs(specs: Sequence[TensorSpec], io: TfliteIO, converter: str) -> bool:
-    return any(len(output_candidates(spec, io.outputs, converter)) > 1 for spec in specs)
+def _same_size(
+    shape: tuple[int, ...] | None, index: int, ordered: Sequence[TfliteTensor], used: set[str], converter: str
+) -> list[OutputFit]:
+    """The unmatched .tflite output at the source output's place in the order, reshaped, when it has the
+    same number of elements (only with a concrete shape)."""
+    if shape is None or index >= len(ordered) or ordered[index].name in used:
+        return []
+    tensor = ordered[index]
+    if _numel(shape) != _numel(tensor.shape):
+        return []
+    return [OutputFit(tensor, p, reshape=True) for p in _candidate_perms(len(shape), converter)]
 
 
 def _layout(spec: TensorSpec, perm: Sequence[int]) -> str | None:
@@ -315,6 +447,15 @@ def artifact_specs(
 
 def _inverse(perm: Sequence[int]) -> list[int]:
     return [int(i) for i in np.argsort(perm)]
+
+
+def source_layout(value: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
+    """A .tflite output in the source's layout: reshaped per ``entry["shape"]`` (when the converter
+    squeezed or moved size-1 dims), then transposed back per ``entry["perm"]``."""
+    value = np.asarray(value)
+    if entry.get("shape") is not None:
+        value = value.reshape(entry["shape"])
+    return np.transpose(value, _inverse(entry["perm"]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,10 +598,7 @@ class TflitePredictor(Predictor):
 
     def _run_once(self, arrays: Arrays) -> Arrays:
         raw = self.run_raw(arrays)
-        return {
-            source_name: np.transpose(np.asarray(raw[entry["name"]]), _inverse(entry["perm"]))
-            for source_name, entry in self._output_map.items()
-        }
+        return {name: source_layout(raw[entry["name"]], entry) for name, entry in self._output_map.items()}
 
     def close(self) -> None:
         self._runner = None

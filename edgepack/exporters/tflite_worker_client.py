@@ -57,6 +57,9 @@ _GENERIC_ONNX2TF = (
     "https://github.com/PINTO0309",
     "Traceback (most recent call last)",
     "converter exited with status",
+    "If the input OP of ONNX before conversion is NHWC",
+    "use the -kt or -kat option",
+    "try the -onwdt option",
 )
 
 
@@ -87,8 +90,8 @@ def summarize_failure(output: str, fallback: str = "") -> str:
     summary = f"{parts[0]} ({parts[1]})" if len(parts) == 2 else (parts[0] if parts else fallback)
     if not summary:
         summary = lines[-1] if lines else "no output"
-    if node:
-        summary = f"{summary} [ONNX node {node}]"
+    if node:  # the node is kept whole: it is what a user searches the graph for
+        return f"{summary[: max(400 - len(node) - 13, 120)]} [ONNX node {node}]"
     return summary[:400]
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack import __version__
-from edgepack.bundle.writer import MANIFEST_NAME, swap_into_place
+from edgepack._fs import make_temp_dir, swap_into_place
+from edgepack.bundle.writer import MANIFEST_NAME
 from edgepack.errors import InputError
 from edgepack.hashing import file_sha256
 
@@ -38,14 +38,15 @@ def platforms() -> list[str]:
     return sorted(PLATFORMS)
 
 
-def package_bundle(bundle: str | Path, platform: str, out: str | Path, *, target: str | None = None) -> PackageResult:
-    """Build the ``platform`` deliverable of ``bundle`` into ``out`` (replaced only if it is an earlier package).
+def package_bundle(bundle: str | Path, platform: str, out: str | Path, *, target: str | None = None,
+                   public_key: str | Path | None = None) -> PackageResult:
+    """Build the ``platform`` deliverable of ``bundle`` (a directory or ``.zip``) into ``out`` (replaced only
+    if it is an earlier package).
 
-    The bundle is verified first (every file against the manifest), so a package never carries an
-    artifact the manifest does not vouch for.
+    The bundle is verified first (every file and artifact record against the manifest, and the signature
+    when ``public_key`` is given), so a package never carries an artifact the manifest does not vouch for.
     """
-    from edgepack.bundle.verify import verify_bundle
-    from edgepack.bundle.writer import read_manifest
+    from edgepack.bundle.verify import open_bundle
     from edgepack.package.platforms import PLATFORMS, Bundle
 
     spec = PLATFORMS.get(platform)
@@ -54,13 +55,13 @@ def package_bundle(bundle: str | Path, platform: str, out: str | Path, *, target
     root = Path(bundle)
     destination = Path(out)
     _check_destination(destination, root)
-    verify_bundle(root)
-    view = Bundle(root, read_manifest(root), file_sha256(root / MANIFEST_NAME))
-    deliverable = spec.build(view, target)
-    files = _write(destination, deliverable.text, deliverable.copies, {
-        "bundle": view.manifest.get("name"), "bundle_sha256": view.sha256, "platform": platform,
-        "targets": deliverable.targets, "edgepack": __version__,
-    })
+    with open_bundle(root, public_key) as opened:
+        view = Bundle(opened.root, opened.manifest, file_sha256(opened.root / MANIFEST_NAME))
+        deliverable = spec.build(view, target)
+        files = _write(destination, deliverable.text, deliverable.copies, {
+            "bundle": view.manifest.get("name"), "bundle_sha256": view.sha256, "platform": platform,
+            "targets": deliverable.targets, "edgepack": __version__,
+        })
     return PackageResult(destination, platform, deliverable.targets, view.sha256, files)
 
 
@@ -79,7 +80,7 @@ def _replaceable(path: Path) -> bool:
 def _write(destination: Path, text: dict[str, str], copies: dict[str, Path], meta: dict[str, object]) -> dict[str, str]:
     parent = destination.parent
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=parent))
+    staging = make_temp_dir(f".{destination.name}.", parent, ".tmp")
     try:
         for relative, content in text.items():
             target = _inside(staging, relative)

@@ -11,35 +11,43 @@ PLATFORM_NAMES = ("android", "ios", "python")
 
 
 def package(
-    bundle: Annotated[Path, typer.Argument(help="A bundle directory (NAME.edgepack).")],
-    platform: Annotated[str, typer.Option("--platform", "-p", help="android | ios | python.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (replaced if it is an earlier package).")],
-    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Which target's artifact to package "
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="A bundle directory (NAME.edgepack) or its .zip.")],
+    platform: Annotated[str, typer.Option("--platform", "-p", metavar="PLATFORM", help="android | ios | python.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder to write (replaced if it is an earlier package).")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", metavar="ID", help="Which target's artifact to package "
                                                   "(default: the first that fits the platform).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    pub: Annotated[Optional[Path], typer.Option(metavar="KEY", help="Ed25519 public key: refuse the bundle unless manifest.sig verifies.")] = None,
 ) -> None:
     """Turn BUNDLE into a drop-in app deliverable (Android, iOS or Python) with a generated runner.
 
     android: assets + Kotlin runner + Gradle lines; ios: Swift package with the .mlpackage;
     python: a runner module for ONNX Runtime / OpenVINO / LiteRT.
     """
-    from edgepack.cli import _print_json, _user_errors
+    from edgepack.cli import _one_target, _print_envelope, _user_errors
     from edgepack.package.build import package_bundle
 
-    with _user_errors():
-        result = package_bundle(bundle, platform, out, target=target)
+    with _user_errors("package" if as_json else None):
+        target = _one_target(target, "package")
+        if target is not None:
+            from edgepack.cli import _canonical
+            from edgepack.targets.registry import load_registry
+
+            (target,) = _canonical(load_registry(), [target])
+        result = package_bundle(bundle, platform, out, target=target, public_key=pub)
     if as_json:
-        _print_json(result.to_dict())
+        _print_envelope("package", result.to_dict())
         return
     print(f"{result.platform} package for {', '.join(result.targets)} -> {result.out} "
           f"({len(result.files)} files, bundle {result.bundle_sha256[:12]})")
 
 
 def diff(
-    old: Annotated[Path, typer.Argument(help="The earlier bundle (directory or its manifest.json).")],
-    new: Annotated[Path, typer.Argument(help="The later bundle.")],
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The earlier bundle (directory, .zip, or its manifest.json).")],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The later bundle.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     allow_breaking: Annotated[bool, typer.Option("--allow-breaking", help="Exit 0 even when the I/O signature changed.")] = False,
+    pub: Annotated[Optional[Path], typer.Option(metavar="KEY", help="Ed25519 public key: both bundles must carry a manifest.sig that verifies.")] = None,
 ) -> None:
     """Show what changed from OLD to NEW per target; exit 1 on a breaking I/O change.
 
@@ -47,12 +55,15 @@ def diff(
     changes (names, shapes, dtypes, quantization, preprocessing, labels) are breaking unless --allow-breaking.
     """
     from edgepack.bundle.diff import diff_bundles
-    from edgepack.cli import _print_json, _user_errors
+    from edgepack.cli import _print_envelope, _user_errors
 
-    with _user_errors():
-        result = diff_bundles(old, new)
+    with _user_errors("diff" if as_json else None):
+        result = diff_bundles(old, new, public_key=pub)
     if as_json:
-        _print_json(result.to_dict())
+        failed = bool(result.breaking) and not allow_breaking
+        _print_envelope("diff", result.to_dict(), ok=not failed, errors=[
+            {"type": "BreakingChange", "message": f"{len(result.breaking)} breaking change(s)", "hint": "--allow-breaking",
+             "exit_code": 1}] if failed else [])
     else:
         _print_diff(result)
     if result.breaking and not allow_breaking:

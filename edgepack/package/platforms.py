@@ -224,20 +224,22 @@ PYTHON_RUNTIMES: dict[str, tuple[str, str]] = {
 
 
 def _io_map(artifact: Mapping[str, Any], source_specs: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """``{source name: {name, perm, dtype, quant}}`` for the artifact's inputs (``key="input"``) or outputs."""
+    """``{source name: {name, perm, shape, dtype, quant}}`` for the artifact's inputs (``key="input"``) or outputs;
+    ``shape`` (or ``None``) is the reshape the converter's squeezed/moved size-1 dims need before ``perm``."""
     specs = {s["name"]: s for s in artifact[f"{key}s"]}
     mapping = (artifact.get("settings") or {}).get(f"{key}_map")
     out: dict[str, Any] = {}
     for position, source in enumerate(source_specs):
-        name, perm = source["name"], list(range(len(source["shape"])))
+        name, perm, shape = source["name"], list(range(len(source["shape"]))), None
         if mapping:
             entry = mapping[source["name"]]
             name, perm = str(entry["name"]), [int(p) for p in entry["perm"]]
+            shape = [int(d) for d in entry["shape"]] if entry.get("shape") is not None else None
             position = int(entry.get("position", position))
         spec = specs.get(name)
         if spec is None:
             raise BundleError(f"artifact {artifact['path']}: no {key} named '{name}'")
-        out[source["name"]] = {"name": name, "perm": perm, "dtype": spec.get("dtype", "float32"),
+        out[source["name"]] = {"name": name, "perm": perm, "shape": shape, "dtype": spec.get("dtype", "float32"),
                                "quant": spec.get("quant"), "position": position}
     return out
 

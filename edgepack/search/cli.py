@@ -15,7 +15,7 @@ from edgepack.device_bench.farm_cli import DB_HELP
 
 def search(
     source: Annotated[str, typer.Argument(help="torchvision:NAME, timm:NAME, file.py:factory, model.onnx, model.pt2, hf:DIR or demo:digits")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Target id whose recipe space is searched.")],
+    target: Annotated[str, typer.Option("--target", "-t", metavar="ID", help="Target id whose recipe space is searched (one; any case).")],
     runner: Annotated[str, typer.Option(help="Where latency is measured: host, ssh://user@host, adb://SERIAL, ios://UDID.")] = "host",
     calib: Annotated[Optional[Path], typer.Option(help="Calibration data (.npz/.npy); default: the source's built-in data.")] = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="Labelled evaluation data (.npz with 'labels'); default: the source's built-in data.")] = None,
@@ -36,12 +36,13 @@ def search(
 ) -> None:
     """Search TARGET's compression recipes with measured accuracy, latency and size; write the Pareto front and
     the fastest recipe within the constraints (OUT/chosen-recipe.toml, for 'edgepack export --recipe')."""
-    from edgepack.cli import _console, _print_json, _user_errors
+    from edgepack.cli import _console, _one_target, _print_envelope, _user_errors
     from edgepack.device_bench.config import BenchConfig
     from edgepack.search.engine import SearchSettings, search as run_search
     from edgepack.search.report import front_table
 
-    with _user_errors():
+    with _user_errors("search" if as_json else None):
+        target = _one_target(target, "search") or target
         quick = BenchConfig(min_iters=max(10, iterations // 5), min_seconds=seconds / 5)
         settings = SearchSettings(trials=trials, seed=seed, eta=eta, quick_bench=quick, tie_tolerance=tie_tolerance,
                                   bench=BenchConfig(min_iters=iterations, min_seconds=seconds))
@@ -51,7 +52,9 @@ def search(
                                 latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb, out=out,
                                 settings=settings, db=db, record=not no_store, cache=not no_cache, progress=progress)
     if as_json:
-        _print_json(result.to_dict())
+        ok = result.chosen is not None
+        _print_envelope("search", result.to_dict(), ok=ok, errors=[] if ok else [
+            {"type": "NothingChosen", "message": f"nothing chosen: {result.reason}", "hint": None, "exit_code": 1}])
     else:
         console = _console()
         console.print(front_table(result))

@@ -44,13 +44,19 @@ class Registry:
         return sorted(self.profiles)
 
     def get(self, target_id: str) -> TargetProfile:
-        """Return the profile ``target_id`` or raise :class:`UnknownTargetError` suggesting close ids."""
+        """Return the profile ``target_id`` (case-insensitive) or raise :class:`UnknownTargetError` suggesting
+        close ids."""
         try:
             return self.profiles[target_id]
         except KeyError:
             pass
+        folded = target_id.strip().casefold()
+        matches = [pid for pid in self.profiles if pid.casefold() == folded]
+        if len(matches) == 1:  # ids are case-insensitive: HOST-ORT is host-ort
+            return self.profiles[matches[0]]
         shown = target_id if target_id.isprintable() and len(target_id) <= 64 else repr(target_id[:64])
-        close = difflib.get_close_matches(target_id, self.ids(), n=3, cutoff=0.5)
+        by_folded = {pid.casefold(): pid for pid in self.ids()}
+        close = [by_folded[c] for c in difflib.get_close_matches(folded, list(by_folded), n=3, cutoff=0.5)]
         hint = f"did you mean {', '.join(close)}?" if close else "run 'edgepack targets list'"
         raise UnknownTargetError(f"unknown target '{shown}'", hint=hint)
 

@@ -1,0 +1,223 @@
+"""Issue 18, "The first hour": what a new user sees at an 80-column terminal, in CI logs and with --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgepack.cli import _gate_text, _print_export_summary, app
+
+CLI = [sys.executable, "-m", "edgepack.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The CLI as CI runs it: 80 columns, stderr a pipe (not a TTY), no export cache."""
+    full = {**os.environ, "COLUMNS": "80", "EDGEPACK_CACHE": "off", **(env or {})}
+    full.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One small export (host-ort exports fp32; the Edge TPU refuses it), shared by the tests below."""
+    out = tmp_path_factory.mktemp("first-hour")
+    proc = run("export", "demo:digits", "-t", "HOST-ORT,coral-edgetpu", "--recipe", "fp32", "-o", str(out))
+    return out, proc
+
+
+# --- 1. 80 columns: nothing cut ---------------------------------------------------------------------------
+
+def test_targets_list_at_80_columns_shows_every_id_whole(registry):
+    proc = run("targets", "list")
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    assert all(len(line) <= 80 for line in proc.stdout.splitlines())
+    for target_id in registry.ids():
+        assert re.search(rf"(^|\s){re.escape(target_id)}(\s|$)", proc.stdout, re.M), target_id
+
+
+def test_export_at_80_columns_keeps_ids_and_the_whole_reason(exported):
+    out, proc = exported
+    assert proc.returncode == 1, proc.stderr
+    assert "…" not in proc.stdout
+    flat = " ".join(proc.stdout.split())
+    assert "coral-edgetpu" in proc.stdout.split() and "host-ort" in proc.stdout.split()
+    # the failure's reason arrives whole, fix included
+    assert "full-integer models only: an int8 recipe with int8/uint8 I/O (int8-full)" in flat
+
+
+def test_bench_at_80_columns_keeps_ids_and_cis(exported):
+    out, _ = exported
+    proc = run("bench", str(out / "digits-cnn.edgepack"), "-t", "host-ort", "--iterations", "20", "--seconds", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    assert "host-ort" in proc.stdout.split()
+    assert re.search(r"\d+\.\d{3} \(\d+\.\d{3}-\d+\.\d{3}\)", proc.stdout), proc.stdout  # p50 with its CI
+
+
+# --- 2. progress ------------------------------------------------------------------------------------------
+
+def test_non_tty_progress_prints_timestamped_stage_lines_and_per_target_outcome(exported):
+    _, proc = exported
+    lines = proc.stderr.splitlines()
+    assert any(re.fullmatch(r"\d\d:\d\d:\d\d \[1/2\] host-ort: exporting fp32", line) for line in lines), proc.stderr
+    assert any(re.match(r"host-ort: ok, fp32 .*\d+\.\d s", line) for line in lines), proc.stderr
+    assert any(line.startswith("coral-edgetpu: failed") for line in lines), proc.stderr
+    assert any(line.strip().startswith("fp32 skipped: ") and "full-integer" in line for line in lines), proc.stderr
+
+
+def test_progress_holds_back_the_loading_line_when_the_input_is_bad(tmp_path):
+    proc = run("export", "demo:digits", "-t", "host-ort", "--calib", str(tmp_path / "missing.npz"), "-o", str(tmp_path))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# --- 3. toolchain noise -----------------------------------------------------------------------------------
+
+def test_toolchain_noise_is_filtered_but_edgepack_warnings_stay(monkeypatch):
+    import logging
+    import warnings
+
+    from edgepack import cli
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli._quiet_toolchains()
+        warnings.warn("Torch version 9.9 has not been tested with coremltools. You may run into errors.")
+        warnings.warn_explicit("sklearn says hi", UserWarning, "x.py", 1, module="sklearn.base")
+        warnings.warn("an unrelated warning")
+    assert [str(w.message) for w in caught] == ["an unrelated warning"]
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+    assert not logging.getLogger("coremltools").isEnabledFor(logging.WARNING)
+    cli._warnings_to_stderr()
+    assert logging.getLogger("edgepack").isEnabledFor(logging.WARNING)
+    assert any(getattr(h, "_edgepack_cli", False) for h in logging.getLogger("edgepack").handlers)
+
+
+def test_cli_sets_tf_log_level_before_any_command():
+    proc = subprocess.run([sys.executable, "-c", "import os, sys; sys.argv = ['edgepack', 'targets', 'list', '--json'];"
+                           "from edgepack import cli\ntry:\n    cli.main()\nexcept SystemExit: pass\n"
+                           "print('LEVEL', os.environ.get('TF_CPP_MIN_LOG_LEVEL'), os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"],
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")})
+    assert "LEVEL 2 None" in proc.stdout, proc.stderr
+
+
+# --- 4. conventions ---------------------------------------------------------------------------------------
+
+def test_version_and_short_help():
+    runner = CliRunner()
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and re.fullmatch(r"edgepack \d+\.\d+\.\d+\S*\n", version.stdout)
+    for argv in (["-h"], ["export", "-h"], ["targets", "list", "-h"], ["farm", "run", "-h"]):
+        done = runner.invoke(app, argv)
+        assert done.exit_code == 0 and "Usage" in done.stdout, argv
+
+
+def test_help_shows_no_python_types():
+    done = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0
+    for python_type in ("<list[str]>", "<bool>", "<str>", "<list[Path]>", "<path>", "<float>"):
+        assert python_type not in done.stdout, python_type
+    assert "-o" in done.stdout and "ID[,ID...]" in done.stdout
+
+
+def test_case_insensitive_ids_and_did_you_mean(registry):
+    assert registry.get("HOST-ORT").id == "host-ort"
+    done = CliRunner().invoke(app, ["targets", "show", "Jetson-Orin", "--json"])
+    assert done.exit_code == 0 and json.loads(done.stdout)["result"]["id"] == "jetson-orin"
+    bad = run("targets", "show", "HOST-OR")
+    assert bad.returncode == 2 and "did you mean host-ort?" in bad.stderr
+
+
+def test_comma_separated_targets_and_short_out(exported):
+    out, proc = exported
+    assert (out / "digits-cnn.edgepack").is_dir(), proc.stderr  # written with -o
+    manifest = json.loads((out / "digits-cnn.edgepack" / "manifest.json").read_text())
+    assert set(manifest["targets"]) == {"host-ort", "coral-edgetpu"}  # from "-t HOST-ORT,coral-edgetpu"
+
+
+def test_bench_reports_throughput_and_raw_on_request(exported):
+    out, _ = exported
+    bundle = str(out / "digits-cnn.edgepack")
+    proc = run("bench", bundle, "-t", "host-ort,Host-Ort", "--iterations", "20", "--seconds", "0.2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["ok"] is True and data["command"] == "bench" and data["errors"] == []
+    first = data["result"][0]
+    assert first["target"] == "host-ort" and "latencies_ms" not in first
+    assert first["throughput_ips"] == pytest.approx(1000 / first["p50"], rel=1e-3)
+    raw = run("bench", bundle, "-t", "host-ort", "--iterations", "20", "--seconds", "0.2", "--json", "--raw")
+    assert len(json.loads(raw.stdout)["result"][0]["latencies_ms"]) >= 20
+    table = run("bench", bundle, "-t", "host-ort", "--iterations", "20", "--seconds", "0.2")
+    assert "inf/s" in table.stdout
+
+
+# --- 5. one --json envelope -------------------------------------------------------------------------------
+
+def test_export_json_envelope(tmp_path):
+    proc = run("export", "demo:digits", "-t", "host-ort,coral-edgetpu", "--recipe", "fp32", "-o", str(tmp_path), "--json")
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert set(data) == {"ok", "command", "result", "errors"}
+    assert data["ok"] is False and data["command"] == "export"
+    assert {"bundle", "ok", "published", "cached", "manifest"} <= set(data["result"])
+    assert [e["target"] for e in data["errors"]] == ["coral-edgetpu"]
+
+
+@pytest.mark.parametrize("argv, command, code", [
+    (["targets", "show", "nope-target", "--json"], "targets show", 2),
+    (["verify", "/nonexistent/x.edgepack", "--json"], "verify", 2),
+    (["export", "demo:digits", "-t", "nope-target", "--json"], "export", 2),
+    (["bench", "/nonexistent/x.edgepack", "--json"], "bench", 2),
+    (["package", "/nonexistent/x.edgepack", "-p", "python", "-o", "/nonexistent/o", "--json"], "package", 2),
+])
+def test_json_errors_are_json_on_stdout_with_the_same_exit_code(argv, command, code, tmp_path):
+    done = CliRunner().invoke(app, argv)
+    assert done.exit_code == code, done.output
+    data = json.loads(done.stdout)
+    assert data["ok"] is False and data["command"] == command and data["result"] is None
+    assert data["errors"][0]["exit_code"] == code and data["errors"][0]["message"]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgepack: error: ")
+
+
+def test_targets_list_json_envelope(registry):
+    data = json.loads(CliRunner().invoke(app, ["targets", "list", "--json"]).stdout)
+    assert data["ok"] is True and data["command"] == "targets list" and data["errors"] == []
+    assert {row["id"] for row in data["result"]} == set(registry.ids())
+
+
+# --- 6. the gate's interval and note ---------------------------------------------------------------------
+
+def test_gate_text_with_and_without_interval():
+    gate = {"kind": "accuracy", "metric": "top1", "value": 0.9944, "baseline": 0.9972, "drop": 0.0028}
+    assert _gate_text(gate) == "0.9944 (artifact) vs 0.9972 (fp32), drop 0.3 pt"
+    full = _gate_text({**gate, "drop_ci95": [0.001, 0.008], "samples": 2000, "note": "few samples"})
+    assert full == "0.9944 (artifact) vs 0.9972 (fp32), drop 0.3 pt [95% CI 0.1-0.8], n=2000 · few samples"
+
+
+def test_export_summary_prints_interval_and_note(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("COLUMNS", "80")
+    entry = {"status": "ok", "recipe": "int8", "runnable_here": "yes", "error": None, "placement": None,
+             "artifact": {"precision": "int8", "bytes": 1000}, "parity": None,
+             "gate": {"kind": "accuracy", "value": 0.9944, "baseline": 0.9972, "drop": 0.0028,
+                      "drop_ci95": [0.001, 0.008], "samples": 2000, "note": "interval from a bootstrap"}}
+    _print_export_summary(SimpleNamespace(bundle=Path("b.edgepack"), published=True, cached=[],
+                                          manifest={"targets": {"host-ort": entry}}))
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "0.9944 (artifact) vs 0.9972 (fp32), drop 0.3 pt [95% CI 0.1-0.8]" in flat
+    assert "interval from a bootstrap" in flat
