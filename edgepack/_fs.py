@@ -201,3 +201,23 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``path`` through a temp file owned by this process in the same directory, fsynced,
+    given ``mode`` (temp files are created 0600) and renamed into place: readers see the old file or the
+    new one, never a half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=owned_name(f".{path.name}."), suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as sink:
+            sink.write(data.encode("utf-8") if isinstance(data, str) else data)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path

@@ -48,6 +48,8 @@ PARITY_SAMPLES = 32
 CHECK_CONVERTERS = {"tflite": "tflite"}
 """Which exporter produces the graph a vocabulary is checked on (Edge TPU profiles are checked on TFLite)."""
 SYNTHETIC_SAMPLES = 8
+SYNTHETIC_ORIGIN = "synthetic, domain-shaped"
+"""How inputs edgepack made are labelled in the manifest (:mod:`edgepack.models.synthetic`)."""
 FIDELITY_SEED = 1
 """Seed of the synthetic fidelity inputs (the first :data:`SYNTHETIC_SAMPLES` are the synthetic parity inputs)."""
 SCRATCH_PREFIX = "edgepack-"
@@ -127,7 +129,7 @@ def _evaluation(
     elif calib is not None and len(calib) >= 8:
         parity = calib.take(slice(len(calib) - min(PARITY_SAMPLES, len(calib) // 4), None))
     else:
-        parity = Dataset(example_dataset_arrays(source.inputs, SYNTHETIC_SAMPLES, seed=1), None, "synthetic")
+        parity = Dataset(example_dataset_arrays(source.inputs, SYNTHETIC_SAMPLES, seed=1), None, SYNTHETIC_ORIGIN)
     gate_data = eval_data if eval_data is not None else _fidelity_set(source, calib, fidelity_samples(max_drop))
     name, function = scorer if scorer is not None else ("", None)
     gate = Gate(gate_data, source.outputs[0].name, max_drop, latency_tolerance=max_slowdown, metric=metric,
@@ -141,7 +143,7 @@ def _fidelity_set(source: ModelSource, calib: Dataset | None, count: int) -> Dat
     import numpy as np
 
     if calib is None or len(calib) == 0:
-        return Dataset(example_dataset_arrays(source.inputs, count, seed=FIDELITY_SEED), None, "synthetic")
+        return Dataset(example_dataset_arrays(source.inputs, count, seed=FIDELITY_SEED), None, SYNTHETIC_ORIGIN)
     real = calib.take(slice(max(0, len(calib) - count), None))
     missing = count - len(real)
     if missing <= 0:
@@ -150,7 +152,7 @@ def _fidelity_set(source: ModelSource, calib: Dataset | None, count: int) -> Dat
     if any(extra[k].shape[1:] != v.shape[1:] for k, v in real.inputs.items() if k in extra) or set(extra) != set(real.inputs):
         return Dataset(real.inputs, None, calib.origin)  # symbolic dims: synthetic samples would not stack
     inputs = {k: np.concatenate([v, extra[k].astype(v.dtype, copy=False)], axis=0) for k, v in real.inputs.items()}
-    return Dataset(inputs, None, f"{calib.origin} ({len(real)}) + synthetic ({missing})")
+    return Dataset(inputs, None, f"{calib.origin} ({len(real)}) + {SYNTHETIC_ORIGIN} ({missing})")
 
 
 def _load_data(path: str | Path | None, source: ModelSource, builtin: str, *, labels: bool) -> Dataset | None:
@@ -221,6 +223,7 @@ def export(
     if recipe_chain:
         recipes, names = _with_recipe_files(recipes, recipe_chain)
         profiles = [p.model_copy(update={"recipes": names}) for p in profiles]
+        _check_recipes_apply(profiles, recipes, names)
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
     progress("source", "loading")
     model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs)
@@ -237,7 +240,8 @@ def export(
     trains = train_data is not None or train_step is not None or bool(pass_options)
     # Training callables and a user metric are code: their results cannot be keyed, so they always export.
     cache_dir = default_cache_dir() if cache and not trains and scorer is None else None
-    keyer = _TargetKeyer(model, recipes, {"calib": calib_data, "eval": eval_set, "parity": evaluation.parity_inputs},
+    keyer = _TargetKeyer(model, recipes, {"calib": calib_data, "eval": eval_set, "parity": evaluation.parity_inputs,
+                                          "gate": evaluation.gate.data},
                          {"max_drop": max_drop, "max_slowdown": max_slowdown, "metric": metric}) if cache_dir else None
     export_cache = ExportCache(cache_dir) if cache_dir else None
 
@@ -285,6 +289,10 @@ def export(
                 raise_if_interrupted()
                 log.warning("every target failed; kept the previous bundle at %s", destination)
                 return ExportResult(destination, manifest, results, cached, published=False)
+            dropped = _dropped_targets(manifest, destination, archive)
+            if dropped:
+                log.warning("%s: replacing the previous bundle drops target(s) %s (not in this export; "
+                            "export them again with the others to keep them)", destination, ", ".join(dropped))
             progress("bundle", "writing")
             with BundleWriter(destination) as writer:
                 for relative, path in sorted(files.items()):
@@ -298,6 +306,39 @@ def export(
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return ExportResult(bundle, manifest, results, cached)
+
+
+def _check_recipes_apply(profiles: Sequence[TargetProfile], recipes: RecipeBook, names: Sequence[str]) -> None:
+    """``--recipe`` given explicitly: refuse, before any work, a target whose runtime can apply none of them
+    (the exporter's own answer, e.g. fp32 on the Edge TPU)."""
+    from edgepack.exporters.registry import get_exporter
+
+    for profile in profiles:
+        try:
+            exporter = get_exporter(profile.runtime)
+        except EdgepackError:
+            continue  # reported per target as unsupported
+        reasons = [exporter.supports(_probe_recipe(recipes.get(name))) for name in names]
+        if reasons and all(reason is not None for reason in reasons):
+            chain = ", ".join(names)
+            raise InputError(f"--recipe {chain} cannot run on {profile.id}: {reasons[0]}",
+                             hint=f"'edgepack targets show {profile.id}' lists the recipes it runs")
+
+
+def _probe_recipe(recipe: Any) -> Any:
+    """Mixed precision is asked of an exporter as the int8 recipe it is built on (as the pipeline does)."""
+    return recipe.model_copy(update={"precision": "int8"}) if recipe.precision == "mixed" else recipe
+
+
+def _dropped_targets(manifest: dict[str, Any], destination: Path, archive: bool) -> list[str]:
+    """Targets of the bundle at ``destination`` that the new one will not have."""
+    if archive or not is_edgepack_bundle(destination):
+        return []
+    try:
+        previous = read_manifest(destination).get("targets") or {}
+    except EdgepackError:
+        return []
+    return sorted(set(previous) - set(manifest["targets"]))
 
 
 def _would_lose_a_bundle(manifest: dict[str, Any], destination: Path, archive: bool) -> bool:
@@ -319,7 +360,7 @@ def _evaluation_label(scorer: tuple[str, Any] | None, eval_set: Dataset | None, 
         return f"user metric {scorer[0]}"
     if eval_set is not None:
         return eval_set.origin + ("" if metric == "auto" else f" ({metric})")
-    return f"fidelity on {evaluation.parity_inputs.origin} inputs"
+    return f"fidelity on {evaluation.gate.data.origin} inputs"
 
 
 class _TargetKeyer:
@@ -448,6 +489,8 @@ def _target_payload(result: TargetResult, reports_root: Path) -> tuple[dict[str,
     reports: dict[str, Any] = {f"reports/{target}/attempts.json": [a.to_dict() for a in result.attempts]}
     if result.placement:
         reports[f"reports/{target}/placement.json"] = result.placement
+    if result.divergence:
+        reports[f"reports/{target}/divergence.json"] = result.divergence
     for relative, data in reports.items():
         path = reports_root / relative
         path.parent.mkdir(parents=True, exist_ok=True)

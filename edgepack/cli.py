@@ -224,9 +224,9 @@ def _print_rows(console: Any, title: str | None, columns: list[str], rows: list[
         return
     if title:
         console.print(title)
-    label = max(len(c) for c in columns[1:]) if len(columns) > 1 else 0
+    label = max(len(c) for c in columns)
     for row in rows:
-        console.print(row[0], overflow="fold")
+        console.print(f"[bold]{columns[0]:<{label + 4}}[/bold]{row[0]}", overflow="fold")
         for column, cell in zip(columns[1:], row[1:]):
             if cell and Text.from_markup(cell).plain not in ("", "-"):
                 console.print(f"  {column:<{label}}  {cell}", overflow="fold")
@@ -439,6 +439,10 @@ def _attempt_lines(entry_id: str, entry: dict[str, Any], cached: bool) -> list[s
             continue
         reason = re.sub(r"^recipe '[^']*' ", "", " ".join(str(attempt.get("reason") or "").split()))
         lines.append(f"  {attempt.get('recipe')} {attempt.get('status')}: {reason}")
+    divergence = entry.get("divergence") or {}
+    if divergence.get("summary"):
+        lines.append(f"  {divergence.get('recipe')} {divergence['summary']} "
+                     f"(reports/{entry_id}/divergence.json)")
     return lines
 
 
@@ -493,8 +497,8 @@ def export(
 
 
 def _human_bytes(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):  # binary units, named as such
+        if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size} B"  # pragma: no cover
@@ -543,7 +547,8 @@ def _print_export_summary(result: Any) -> None:
     for entry_id, entry in result.manifest["targets"].items():
         artifact = entry["artifact"] or {}
         parity = entry["parity"]
-        parity_text = f"cos {parity['mean_cosine']:.5f}, rel {parity['max_rel_error']:.1e}" if parity else "-"
+        parity_text = (f"mean cos {parity['mean_cosine']:.5f}, max rel {parity['max_rel_error']:.1e}"
+                       if parity else "-")
         if entry["status"] == "ok":
             status = "[green]ok[/green]" + (f" ({escape(entry['recipe'])})" if entry["recipe"] else "")
             if entry_id in result.cached:

@@ -81,6 +81,8 @@ class TargetResult:
     """Per-layer sensitivity ranking, when a mixed-precision recipe was tried."""
     placement: dict[str, object] | None = None
     """Static per-accelerator placement of the shipped artifact (profiles with op tables only)."""
+    divergence: dict[str, object] | None = None
+    """Where the last artifact that failed parity first differed from its source (:mod:`edgepack.divergence`)."""
 
     @property
     def winner(self) -> Attempt | None:
@@ -239,6 +241,7 @@ class _Chain:
                 predictor.close()
             if not attempt.parity.passed:
                 attempt.status, attempt.reason = "rejected", f"parity: {attempt.parity.reason}"
+                self._diverge(artifact, recipe, compressed, label)
             elif not attempt.gate.passed:
                 attempt.status, attempt.reason = "rejected", f"gate: {attempt.gate.reason}"
             else:
@@ -254,6 +257,21 @@ class _Chain:
         finally:
             attempt.seconds = time.perf_counter() - started
         return attempt
+
+    def _diverge(self, artifact: Artifact, recipe: Recipe, source: ModelSource, label: str) -> None:
+        """Record where ``artifact`` (which failed parity) first differs from ``source``, layer by layer."""
+        from edgepack.divergence import find_divergence
+
+        profile = self.result.profile
+        self.progress(profile.id, f"locating the divergence of {label}")
+        try:
+            hub = export_onnx(source, self.workdir / "_onnx", dynamic=profile.dynamic_shapes)
+            feeds = self.evaluation.parity_inputs.batch(0)
+            report = find_divergence(hub, self.exporter, artifact, feeds, recipe.parity)
+            self.result.divergence = {"recipe": label, **report.to_dict(), "summary": report.summary()}
+        except Exception as exc:  # noqa: BLE001 - the report explains a failure; it never causes one
+            _raise_if_fatal(exc, profile.id)
+            self.result.divergence = {"recipe": label, "error": _one_line(exc)}
 
     def _place(self, artifact: Artifact, source: ModelSource) -> None:
         """Record where the shipped artifact's ops would run on each accelerator (never fails the target)."""

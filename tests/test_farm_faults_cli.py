@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_lines import message_lines
+
 from edgepack.device_bench.bench import bench_bundle
 from edgepack.device_bench.config import BenchConfig
 from edgepack.device_bench.farm import ExportCache
@@ -73,7 +75,7 @@ def run(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None 
 
 def one_error_line(done: subprocess.CompletedProcess, code: int) -> str:
     """The single stderr line of a failed command (asserting exit code, one line, no traceback)."""
-    lines = done.stderr.splitlines()
+    lines = message_lines(done.stderr)
     assert done.returncode == code, done.stdout[-2000:] + done.stderr[-4000:]
     assert "Traceback" not in done.stderr, done.stderr[-4000:]
     assert len(lines) == 1, done.stderr[-4000:]

@@ -73,15 +73,13 @@ def test_synthetic_fidelity_set_has_enough_samples_and_parity_keeps_its_own():
     evaluation = api._evaluation(source, None, None, 0.01, 0.05)
     assert len(evaluation.gate.data) == 200 and evaluation.gate.data.labels is None
     assert len(evaluation.parity_inputs) == api.SYNTHETIC_SAMPLES
-    # the synthetic parity inputs are the first fidelity inputs (same seeds)
-    np.testing.assert_array_equal(evaluation.parity_inputs.inputs["x"], evaluation.gate.data.inputs["x"][: api.SYNTHETIC_SAMPLES])
     calib = Dataset({"x": np.arange(120 * 4, dtype=np.float32).reshape(120, 4)}, None, "calib.npz")
     evaluation = api._evaluation(source, calib, None, 0.02, 0.05)
     assert len(evaluation.gate.data) == 100 and evaluation.gate.data.origin == "calib.npz"
     np.testing.assert_array_equal(evaluation.gate.data.inputs["x"], calib.inputs["x"][20:])  # the tail
     assert len(evaluation.parity_inputs) == 30
     mixed = api._evaluation(source, calib, None, 0.01, 0.05).gate.data
-    assert len(mixed) == 200 and mixed.origin == "calib.npz (120) + synthetic (80)"
+    assert len(mixed) == 200 and mixed.origin == "calib.npz (120) + synthetic, domain-shaped (80)"
     np.testing.assert_array_equal(mixed.inputs["x"][:120], calib.inputs["x"])
 
 
@@ -222,7 +220,8 @@ def test_class_logits_top1_agreement_value_and_metric_override():
 # --- end to end --------------------------------------------------------------------------------------------------
 
 def test_demo_digits_gate_resolves_and_ships_int8(tmp_path, one_torch_thread):
-    result = api.export("demo:digits", ["host-ort"], out=tmp_path, cache=False)
+    # max_slowdown=1.0: host timing on a shared machine is not what this test is about
+    result = api.export("demo:digits", ["host-ort"], out=tmp_path, cache=False, max_slowdown=1.0)
     entry = result.manifest["targets"]["host-ort"]
     gate, max_drop = entry["gate"], result.manifest["data"]["max_drop"]
     assert entry["status"] == "ok" and entry["artifact"]["precision"] == "int8", entry["attempts"]

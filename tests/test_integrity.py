@@ -11,7 +11,6 @@ import errno
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from edgepack import api
 from edgepack._fs import exchange, recover_retired, swap_into_place
 from edgepack.bundle.verify import artifact_digest
 from edgepack.errors import EnvironmentFailure, OutputError, TamperedError, environment_errno
+from tests.cli_lines import message_lines
 
 CLI = [sys.executable, "-m", "edgepack.cli"]
 NAME = "digits-cnn.edgepack"
@@ -38,12 +38,14 @@ def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
-PROGRESS_LINE = re.compile(r"^\d\d:\d\d:\d\d ")
-"""Timestamped progress lines the CLI prints when stderr is not a terminal."""
+def _one_warning_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in message_lines(proc.stderr) if line.startswith("edgepack: warning:")]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    return lines[0]
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
+    lines = message_lines(proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 1, proc.stderr
     return lines[0]
@@ -109,9 +111,9 @@ def test_cli_says_in_one_line_that_a_corrupt_cache_entry_was_evicted(tmp_path):
     _flip(_cached_artifact(tmp_path / "cache"), 5000, 4000)
     proc = _run(*args, env=env)
     assert proc.returncode == 0, proc.stderr
-    line = _one_error_line(proc)
+    line = _one_warning_line(proc)
     assert line.startswith("edgepack: warning: export cache entry") and "sha256" in line
-    assert "cached" not in proc.stdout
+    assert "cached" not in proc.stdout + proc.stderr
     assert _run("verify", str(tmp_path / "out" / NAME), "--json").returncode == 0
 
 
@@ -119,14 +121,8 @@ def test_cli_says_in_one_line_that_a_corrupt_cache_entry_was_evicted(tmp_path):
 
 
 @pytest.fixture()
-def tiny_tmpfs(tmp_path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}): full-TMPDIR test not run")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def tiny_tmpfs(mount_tmpfs):
+    return mount_tmpfs("tiny", "64k")
 
 
 def test_a_full_temp_disk_keeps_the_previous_bundle_and_exits_3(tmp_path, tiny_tmpfs):
@@ -524,6 +520,8 @@ def test_every_verb_reads_an_archived_bundle(tmp_path):
     assert proc.returncode == 0, proc.stderr
     archive = str(tmp_path / f"{NAME}.zip")
     assert _run("bench", archive, "--iterations", "3", "--seconds", "0.1").returncode == 0
+    stored = _run("bench", archive, "--iterations", "3", "--seconds", "0.1", "--db", f"sqlite:///{tmp_path}/b.sqlite")
+    assert stored.returncode == 0, stored.stderr
     assert _run("package", archive, "-p", "python", "-o", str(tmp_path / "pkg")).returncode == 0
     assert (tmp_path / "pkg" / "edgepack-package.json").is_file()
     diff = _run("diff", archive, archive)
@@ -539,3 +537,19 @@ def test_out_pointing_at_a_file_is_one_line(tmp_path, suffix):
                 env={"EDGEPACK_CACHE": "off"})
     assert proc.returncode == 2 and "is a file, not a directory" in _one_error_line(proc)
     assert blocker.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_replacing_a_bundle_with_fewer_targets_says_which_are_dropped(tmp_path):
+    env = {"EDGEPACK_CACHE": "on", "EDGEPACK_CACHE_DIR": str(tmp_path / "cache")}
+    base = ["export", "demo:digits", "--recipe", "fp32", "--out", str(tmp_path / "out")]
+    assert _run(*base, "-t", "host-ort", "-t", "x86-openvino", env=env).returncode == 0
+    proc = _run(*base, "-t", "host-ort", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "drops target(s) x86-openvino" in _one_warning_line(proc)
+
+
+def test_an_explicit_recipe_no_target_can_run_is_refused_before_any_work(tmp_path):
+    proc = _run("export", "demo:digits", "-t", "coral-edgetpu", "--recipe", "fp32", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "--recipe fp32 cannot run on coral-edgetpu: the Edge TPU runs full-integer models only" in _one_error_line(proc)
+    assert not (tmp_path / "out").exists()

@@ -137,14 +137,8 @@ def test_a_crashing_toolchain_fails_only_its_target(tmp_path, monkeypatch):
 
 
 @pytest.fixture()
-def tiny_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}): disk-full test not run")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def tiny_disk(mount_tmpfs):
+    return mount_tmpfs("disk", "256k")
 
 
 def test_disk_full_while_writing_is_one_clean_error_and_keeps_the_disk_clean(tiny_disk):

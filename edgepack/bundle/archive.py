@@ -37,6 +37,7 @@ def pack(bundle_dir: Path, archive: Path) -> Path:
                 zf.writestr(info, path.read_bytes())
         with open(temp_name, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; a bundle is meant to be shared
         os.replace(temp_name, archive)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -20,6 +20,16 @@ def _artifact_entry(artifact: Artifact) -> dict[str, Any]:
     return {**artifact.entry(f"{artifact_dir(artifact.target_id)}/"), "bytes": artifact.bytes, "sha256": artifact.sha256()}
 
 
+def _divergence_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's short form of the divergence report (the per-layer list stays in reports/)."""
+    if not report:
+        return None
+    first = report.get("first") or {}
+    return {"recipe": report.get("recipe"), "summary": report.get("summary") or report.get("error"),
+            "first_layer": first.get("node"), "op_type": first.get("op_type"),
+            "max_rel_error": first.get("max_rel_error"), "cosine": first.get("cosine")}
+
+
 def target_entry(result: TargetResult) -> dict[str, Any]:
     """The manifest's record for one target."""
     profile = result.profile
@@ -39,8 +49,10 @@ def target_entry(result: TargetResult) -> dict[str, Any]:
         "gate": winner.gate.to_dict() if winner and winner.gate else None,
         "sensitivity": result.sensitivity,
         "placement": result.placement,
+        "divergence": _divergence_summary(result.divergence),
         "reports": [f"reports/{profile.id}/attempts.json"]
-        + ([f"reports/{profile.id}/placement.json"] if result.placement else []),
+        + ([f"reports/{profile.id}/placement.json"] if result.placement else [])
+        + ([f"reports/{profile.id}/divergence.json"] if result.divergence else []),
     }
     return entry
 

@@ -193,12 +193,12 @@ class RegressionReport:
         return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
     def write(self, json_path: Path | None = None, junit_path: Path | None = None) -> None:
-        from edgepack.device_bench.report import write_text_atomic
+        from edgepack._fs import write_atomic
 
         if json_path is not None:
-            write_text_atomic(Path(json_path), json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+            write_atomic(Path(json_path), json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
         if junit_path is not None:
-            write_text_atomic(Path(junit_path), self.to_junit())
+            write_atomic(Path(junit_path), self.to_junit())
 
 
 def _thin(values: Sequence[float], limit: int) -> list[float]:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgepack._fs import write_atomic
 from edgepack.errors import InputError
 
 if TYPE_CHECKING:
@@ -30,22 +29,6 @@ if TYPE_CHECKING:
 TEMPLATE = "report.html.j2"
 HISTORY_RUNS = 30
 """Runs shown in the latency history plots."""
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as sink:
-            sink.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _png(figure: Any) -> str:
@@ -201,4 +184,4 @@ def render_report(store: "Store", *, farm: str | None = None, regressions: "Regr
 
 def write_report(store: "Store", out: Path, *, farm: str | None = None, regressions: "RegressionReport | None" = None) -> Path:
     """Render the report and write it atomically to ``out``."""
-    return write_text_atomic(Path(out), render_report(store, farm=farm, regressions=regressions))
+    return write_atomic(Path(out), render_report(store, farm=farm, regressions=regressions))

@@ -800,11 +800,25 @@ def record_bench_results(
     """Store results of ``edgepack bench BUNDLE`` as a one-off run of ``farm``; returns the run id.
 
     ``device`` names the device (default: the result's runner URI). Model, target, recipe and the
-    provenance (hashes, toolchain, gate accuracy) come from the bundle's manifest.
+    provenance (hashes, toolchain, gate accuracy) come from the bundle's manifest (a ``.zip`` bundle is
+    read through :func:`edgepack.bundle.verify.open_bundle`).
     """
-    from edgepack.bundle.writer import read_manifest
+    from edgepack.bundle.verify import open_bundle
 
     bundle = Path(bundle)
+    if bundle.is_file():
+        with open_bundle(bundle) as opened:
+            return _record_bench_results(db, opened.root, results, device=device, farm=farm, recipe=recipe,
+                                         label=bundle)
+    return _record_bench_results(db, bundle, results, device=device, farm=farm, recipe=recipe, label=bundle)
+
+
+def _record_bench_results(
+    db: str | None, bundle: Path, results: Sequence[BenchResult], *, device: str | None, farm: str,
+    recipe: str | None, label: Path,
+) -> int:
+    from edgepack.bundle.writer import read_manifest
+
     if not results:
         raise InputError(f"{bundle}: no bench results to store")
     manifest = read_manifest(bundle)
@@ -817,7 +831,7 @@ def record_bench_results(
         devices[device_id] = (device_id, str((entry.get("profile") or {}).get("id", result.target)), result.runner)
         specs.append(JobSpec(device_id, str(manifest.get("name", bundle.stem)), str(manifest.get("source", {}).get("uri", "")),
                              result.target, recipe or str(entry.get("recipe") or ""), position))
-    config = {"bundle": str(bundle.resolve()), "manifest_sha256": bundle_provenance(bundle, results[0].target).bundle_sha256}
+    config = {"bundle": str(label.resolve()), "manifest_sha256": bundle_provenance(bundle, results[0].target).bundle_sha256}
     with open_store(db) as store:
         run_id = store.start_run(farm, config, "bench", list(devices.values()), specs)
         jobs = {job.spec.key: job for job in store.jobs(run_id)}

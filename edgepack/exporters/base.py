@@ -193,3 +193,10 @@ class Exporter(ABC):
         ``recipe`` (static int8) names them in ``exclude``; by default all of them. Sensitivity analysis
         ranks only these."""
         return list(layers)
+
+    def intermediate_values(
+        self, artifact: Artifact, tensors: list[str], feeds: Arrays
+    ) -> dict[str, np.ndarray] | None:
+        """The artifact's values of the source (ONNX hub) tensors ``tensors`` for ``feeds`` (those it can
+        find), for the first-divergent-layer report; ``None`` when this runtime cannot expose them here."""
+        return None

@@ -12,7 +12,10 @@ import io
 import logging
 import shutil
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from edgepack.errors import ExportError, SourceError
 from edgepack.models.source import ModelSource, TensorSpec
@@ -160,3 +163,23 @@ def _copy_onnx(src: Path, dst: Path) -> None:
         onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
     if not dst.exists():  # pragma: no cover
         shutil.copyfile(src, dst)
+
+
+def onnx_values(onnx_path: Path, tensors: Sequence[str], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The named tensors of ``onnx_path`` for ``feeds``, from ONNX Runtime (each made a graph output);
+    names the graph does not compute are left out."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    present = {o.name for o in model.graph.output}
+    computed = {output for node in model.graph.node for output in node.output} | present
+    wanted = [name for name in dict.fromkeys(tensors) if name in computed]
+    for name in wanted:
+        if name not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs() if o.name in set(wanted)]
+    return dict(zip(names, session.run(names, dict(feeds))))

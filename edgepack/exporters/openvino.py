@@ -93,6 +93,26 @@ class OpenVinoExporter(OnnxHubExporter):
         except ImportError:
             return NotRunnable("openvino is not installed: pip install openvino")
 
+    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays) -> dict[str, np.ndarray]:
+        """The IR keeps the ONNX tensor names on the outputs of the ops that compute them: each is made a model
+        output (names the conversion folded away are skipped) and read back in float32 precision."""
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(artifact.path))
+        known = {name for op in model.get_ordered_ops() for output in op.outputs() for name in output.get_names()}
+        wanted = [name for name in dict.fromkeys(tensors) if name in known]
+        if wanted:
+            model.add_outputs(wanted)
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        results = compiled(dict(feeds))
+        values: dict[str, np.ndarray] = {}
+        for port in compiled.outputs:
+            for name in port.get_names():
+                if name in wanted:
+                    values[name] = np.asarray(results[port])
+        return values
+
 
 _COUNTER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*_[0-9]+")
 

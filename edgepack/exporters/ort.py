@@ -7,6 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgepack.compress.quantize import QuantizationPlan
 from edgepack.compress.recipe import Recipe
 from edgepack.contract.metadata import Contract
@@ -111,3 +113,9 @@ class OrtExporter(OnnxHubExporter):
             return OrtPredictor(artifact.path)
         except ImportError:
             return NotRunnable("onnxruntime is not installed: pip install onnxruntime")
+
+    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays) -> dict[str, np.ndarray]:
+        """Tensors keep their ONNX names in the artifact (those fused away by the offline optimisation are absent)."""
+        from edgepack.exporters.onnx import onnx_values
+
+        return onnx_values(artifact.path, tensors, feeds)

@@ -212,3 +212,9 @@ class TensorRtExporter(Exporter):
             return OrtProxyPredictor(artifact.path)
         except ImportError:
             return NotRunnable("needs an NVIDIA GPU with TensorRT; onnxruntime (the CPU proxy) is not installed either")
+
+    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays) -> dict[str, np.ndarray]:
+        """On the ONNX Runtime proxy, as parity runs: the QDQ graph keeps the source's tensor names."""
+        from edgepack.exporters.onnx import onnx_values
+
+        return onnx_values(artifact.path, tensors, feeds)

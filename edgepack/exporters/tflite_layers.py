@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.exporters.onnx import onnx_values
 from edgepack.exporters.tflite_io import CHANNEL_LAST, _native_stderr_captured
 
 FOLDED_OPS = frozenset(
@@ -112,24 +113,6 @@ def _builtin_interpreter(tflite_path: Path, *, preserve_all_tensors: bool) -> An
         )
         interpreter.allocate_tensors()
     return interpreter
-
-
-def onnx_values(onnx_path: Path, tensors: Sequence[str], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The named tensors of ``onnx_path`` for ``feeds``, from ONNX Runtime (each made a graph output)."""
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.load(str(onnx_path))
-    present = {o.name for o in model.graph.output}
-    wanted = list(dict.fromkeys(tensors))
-    for name in wanted:
-        if name not in present:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs() if o.name in set(wanted)]
-    return dict(zip(names, session.run(names, dict(feeds))))
 
 
 def tflite_values(tflite_path: Path, feeds: Mapping[str, np.ndarray], signature: str | None) -> list[_TfliteOutput]:

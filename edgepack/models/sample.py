@@ -36,7 +36,14 @@ def example_inputs(specs: Sequence[TensorSpec], *, batch: int = 1, seed: int = 0
 
 
 def example_dataset_arrays(specs: Sequence[TensorSpec], count: int, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """``count`` synthetic samples per input, stacked on axis 0 (each sample has batch 1 removed)."""
+    """``count`` synthetic samples per input, stacked on axis 0, shaped like the input's domain (photos,
+    text lines, audio; :mod:`edgepack.models.synthetic`) where it is recognised."""
+    from edgepack.models.synthetic import domain_dataset_arrays
+
+    return domain_dataset_arrays(specs, count, seed=seed)
+
+
+def _noise_dataset_arrays(specs: Sequence[TensorSpec], count: int, *, seed: int = 0) -> dict[str, np.ndarray]:
     batches = [example_inputs(specs, batch=1, seed=seed + i) for i in range(count)]
     return {s.name: np.concatenate([b[s.name] for b in batches], axis=0) for s in specs}
 
@@ -59,7 +66,7 @@ def recalibrate_batchnorm(source: "ModelSource", batches: int = 16) -> "ModelSou
     module.train()
     with torch.no_grad():
         for index in range(batches):
-            arrays = example_dataset_arrays(source.inputs, 4, seed=500 + index)
+            arrays = _noise_dataset_arrays(source.inputs, 4, seed=500 + index)
             module(*(torch.from_numpy(arrays[s.name]) for s in source.inputs))
     module.eval()
     source.sha256 = module_sha256(module)

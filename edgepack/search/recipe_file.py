@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgepack._fs import write_atomic
 from edgepack.compress.recipe import Recipe
 
 _TOP_LEVEL = ("name", "description", "precision", "exclude")
@@ -58,20 +57,6 @@ def recipe_toml(recipe: Recipe, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_recipe(recipe: Recipe, path: Path, header: str = "") -> Path:
     """Write ``recipe`` to ``path`` atomically and return the path."""
-    return write_text_atomic(path, recipe_toml(recipe, header))
+    return write_atomic(path, recipe_toml(recipe, header))

@@ -3,14 +3,15 @@ Rich table the CLI prints. Every file is written through a temporary name and a 
 
 from __future__ import annotations
 
+import io
+
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgepack._fs import write_atomic
 from edgepack.compress.recipe import RecipeBook, load_recipe_file
-from edgepack.search.recipe_file import write_recipe, write_text_atomic
+from edgepack.search.recipe_file import write_recipe
 
 if TYPE_CHECKING:
     from edgepack.search.engine import SearchResult
@@ -38,7 +39,7 @@ def write_outputs(result: "SearchResult", book: RecipeBook) -> None:
         result.chosen_recipe = None
     result.outputs["plot"] = plot_front(result, out / FRONT_PNG)
     result.outputs["json"] = out / FRONT_JSON
-    write_text_atomic(out / FRONT_JSON, json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    write_atomic(out / FRONT_JSON, json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _constraints_text(result: "SearchResult") -> str:
@@ -88,14 +89,9 @@ def plot_front(result: "SearchResult", path: Path) -> Path:
         if measured:
             axes.legend(fontsize=7, loc="best")
         figure.tight_layout()
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-        os.close(handle)
-        try:
-            figure.savefig(temp, format="png")
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        write_atomic(path, buffer.getvalue())
     finally:
         plt.close(figure)
     return path

@@ -1,0 +1,88 @@
+"""The first divergent layer: an artifact broken on purpose is traced back to the broken layer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgepack import api
+from edgepack.compress.recipe import ParityTolerance
+from edgepack.divergence import find_divergence
+from edgepack.exporters.onnx import export_onnx
+from edgepack.exporters.openvino import OpenVinoExporter
+from edgepack.exporters.ort import OrtExporter
+from edgepack.models.loaders import load_source
+from edgepack.models.sample import example_inputs
+
+BROKEN = "/features/features.3/Conv"
+"""The second convolution of the demo digits CNN (hub ONNX node name)."""
+
+
+def _break_conv_weight(path, node_name: str) -> None:
+    """Negate and double the weight of ``node_name`` in an exported ONNX file (a wrong constant)."""
+    model = onnx.load(str(path))
+    node = next(n for n in model.graph.node if n.name == node_name)
+    for init in model.graph.initializer:
+        if init.name == node.input[1]:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * -2.0, init.name))
+    onnx.save(model, str(path))
+
+
+def test_a_wrong_constant_in_the_artifact_is_named_by_the_divergence_report(tmp_path, monkeypatch):
+    export = OrtExporter.export
+
+    def broken_export(self, source, profile, recipe, calib, workdir):
+        artifact = export(self, source, profile, recipe, calib, workdir)
+        _break_conv_weight(artifact.path, BROKEN)
+        return artifact
+
+    monkeypatch.setattr(OrtExporter, "export", broken_export)
+    result = api.export("demo:digits", ["host-ort"], out=tmp_path, recipe_chain=["fp32"], cache=False)
+    entry = result.manifest["targets"]["host-ort"]
+    assert entry["status"] == "failed" and "parity" in entry["error"]
+    summary = entry["divergence"]
+    assert summary["summary"].startswith("first divergent layer:") and BROKEN in summary["summary"]
+    report = json.loads((result.bundle / "reports/host-ort/divergence.json").read_text())
+    first = report["first"]
+    assert BROKEN in first["span"] and first["cosine"] < 0.9999
+    compared = [layer for layer in report["layers"]]
+    before = compared[: compared.index(first)]
+    assert before and not any(layer["diverged"] for layer in before)  # the layers upstream still agree
+    assert "reports/host-ort/divergence.json" in entry["reports"] and api.verify(result.bundle)
+
+
+def test_openvino_exposes_the_source_tensors_and_an_intact_artifact_does_not_diverge(tmp_path):
+    source = load_source("demo:digits")
+    hub = export_onnx(source, tmp_path / "hub", dynamic=False)
+    exporter = OpenVinoExporter()
+    from edgepack.compress.recipe import load_recipes
+    from edgepack.targets.registry import load_registry
+
+    profile = load_registry().get("x86-openvino")
+    artifact = exporter.export(source, profile, load_recipes().get("fp32"), None, tmp_path / "ov")
+    feeds = example_inputs(source.inputs, batch=1, seed=3)
+    report = find_divergence(hub, exporter, artifact, feeds, ParityTolerance(max_rel_error=1e-3, min_cosine=0.9999))
+    assert report.compared >= 3 and report.first is None, report.summary()
+    assert all(np.isfinite(layer.cosine) for layer in report.layers)
+
+
+def test_a_runtime_without_intermediate_tensors_says_so(tmp_path):
+    from edgepack.exporters.coreml import CoreMlExporter
+
+    source = load_source("demo:digits")
+    hub = export_onnx(source, tmp_path / "hub", dynamic=False)
+    report = find_divergence(hub, CoreMlExporter(), None, example_inputs(source.inputs, batch=1), ParityTolerance())
+    assert report.first is None and report.compared == 0 and "does not expose" in report.summary()
+
+
+def test_the_export_summary_shows_the_divergence_line():
+    from edgepack.cli import _attempt_lines
+
+    entry = {"status": "failed", "attempts": [{"recipe": "fp32", "status": "rejected", "reason": "parity: cosine 0.16",
+                                               "seconds": 1.0}],
+             "divergence": {"recipe": "fp32", "summary": f"first divergent layer: {BROKEN} (Conv), rel err 3.5e+00"}}
+    lines = _attempt_lines("host-ort", entry, cached=False)
+    assert lines[-1] == f"  fp32 first divergent layer: {BROKEN} (Conv), rel err 3.5e+00 (reports/host-ort/divergence.json)"
