@@ -249,7 +249,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgepack-vendor-bench-") as tmp:
         work = Path(tmp)
         for name in names:
-            result = api.export(MODELS[name], list(TARGETS), out=work / name, recipe_chain=["fp32"])
+            result = api.export(MODELS[name], list(TARGETS), out=work / name, recipe_chain=["fp32"],
+                                random_weights=MODELS[name].startswith("torchvision:"))
             failed = {r.profile.id: r.error for r in result.results if r.error}
             if failed:
                 print(f"{name}: export failed: {failed}")

@@ -221,7 +221,7 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · {isa} · batch 1, 2 threads")
     print(f"| model | runtime | variant | p50 ms | × fp32 | size | size target | accuracy / fidelity |\n|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        source = load_source(MODELS[name])
+        source = load_source(MODELS[name], random_weights=MODELS[name].startswith("torchvision:"))
         if source.kind != "demo":
             source = recalibrate_batchnorm(source)
         with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:

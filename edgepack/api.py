@@ -161,6 +161,10 @@ def _load_data(path: str | Path | None, source: ModelSource, builtin: str, *, la
         return source.extra.get(builtin)
     if Path(path).is_dir():
         return load_image_folder(Path(path), source.inputs, source.labels)
+    if "unbaked_inputs" in source.extra:  # --bake-preprocess: float-layout files are converted to raw pixels
+        from edgepack.models.bake import load_baked_dataset
+
+        return load_baked_dataset(path, source, require_labels=labels)
     return load_dataset(path, source.inputs, require_labels=labels)
 
 
@@ -175,8 +179,10 @@ def export(
     out: str | Path = "dist",
     name: str | None = None,
     weights: str | Path | None = None,
+    random_weights: bool = False,
     inputs: Sequence[str | TensorSpec] = (),
     recipe_chain: Sequence[str | Path] = (),
+    bake_preprocess: bool = False,
     sign_key: str | Path | None = None,
     train_data: Iterable[Any] | None = None,
     train_step: TrainStep | None = None,
@@ -196,10 +202,14 @@ def export(
     ``eval_data`` is labelled ``.npz`` data, an ImageFolder-style directory, or ``FILE.py:function`` /
     ``package.module:function`` scoring a predictor (:mod:`edgepack.data.metric_function`); ``metric`` picks
     the built-in metric (``auto``, ``top1``, ``top5``..., ``cosine``).
+    ``torchvision:``/``timm:`` sources load their pretrained weights (``EDGEPACK_OFFLINE=1``: from the local
+    cache only) unless ``weights`` names a file or ``random_weights`` exports the untrained architecture.
     ``train_data`` / ``train_step`` feed passes that train (QAT, distillation, pruning fine-tune);
     ``pass_options`` is handed to passes as ``PassContext.extra`` (e.g. ``{"student": module}`` for distill).
     Targets whose inputs are unchanged since an earlier export are replayed from the export cache
     (:mod:`edgepack.export_cache`; ``cache=False`` or runs with training callables always export).
+    ``bake_preprocess`` makes each image input ``uint8`` NHWC with the cast, scale, mean/std and layout in the
+    graph (:mod:`edgepack.models.bake`); data in the float layout is converted to raw pixels for it.
     ``archive`` writes ``OUT/NAME.edgepack.zip`` instead of the directory. ``fail_on_fallback`` (percent)
     fails a target whose placement report leaves more than that share of ops to the CPU (for CI).
     ``bench`` (a runner URI, e.g. ``"host"``) measures every shipped artifact that runner can run, from the
@@ -226,7 +236,11 @@ def export(
         _check_recipes_apply(profiles, recipes, names)
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
     progress("source", "loading")
-    model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs)
+    model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs, random_weights=random_weights)
+    if bake_preprocess:  # uint8 NHWC in, preprocessing in the graph, for every target (edgepack.models.bake)
+        from edgepack.models.bake import bake_preprocess as bake
+
+        model = bake(model)
     calib_data = _load_data(calib, model, "calib", labels=False)
     scorer = load_metric_function(str(eval_data)) if eval_data is not None and is_metric_function(str(eval_data)) else None
     eval_set = _load_data(eval_data if scorer is None else None, model, "eval", labels=True)
@@ -309,20 +323,25 @@ def export(
 
 
 def _check_recipes_apply(profiles: Sequence[TargetProfile], recipes: RecipeBook, names: Sequence[str]) -> None:
-    """``--recipe`` given explicitly: refuse, before any work, a target whose runtime can apply none of them
-    (the exporter's own answer, e.g. fp32 on the Edge TPU)."""
+    """``--recipe`` given explicitly and no requested target's runtime can apply any of it (the exporter's own
+    answer, e.g. fp32 on the Edge TPU): refuse before any work. Where some targets can, the others are
+    recorded as failed without exporting (the pipeline skips recipes an exporter refuses)."""
     from edgepack.exporters.registry import get_exporter
 
+    refusals: list[tuple[str, str]] = []
     for profile in profiles:
         try:
             exporter = get_exporter(profile.runtime)
         except EdgepackError:
-            continue  # reported per target as unsupported
+            return  # an unsupported runtime is reported per target
         reasons = [exporter.supports(_probe_recipe(recipes.get(name))) for name in names]
-        if reasons and all(reason is not None for reason in reasons):
-            chain = ", ".join(names)
-            raise InputError(f"--recipe {chain} cannot run on {profile.id}: {reasons[0]}",
-                             hint=f"'edgepack targets show {profile.id}' lists the recipes it runs")
+        if any(reason is None for reason in reasons):
+            return
+        refusals.append((profile.id, str(reasons[0])))
+    if refusals:
+        target, reason = refusals[0]
+        raise InputError(f"--recipe {', '.join(names)} cannot run on {target}: {reason}",
+                         hint=f"'edgepack targets show {target}' lists the recipes it runs")
 
 
 def _probe_recipe(recipe: Any) -> Any:
@@ -508,6 +527,7 @@ def check(
     target: str,
     *,
     weights: str | Path | None = None,
+    random_weights: bool = False,
     inputs: Sequence[str | TensorSpec] = (),
     registry: Registry | None = None,
 ) -> PlacementReport | None:
@@ -522,7 +542,7 @@ def check(
 
     profile = (registry or load_registry()).get(target)
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
-    model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs)
+    model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs, random_weights=random_weights)
     scratch = Path(tempfile.mkdtemp(prefix="edgepack-check-"))
     try:
         hub = export_onnx(model, scratch / "_onnx", dynamic=profile.dynamic_shapes)

@@ -182,6 +182,14 @@ def _print_envelope(command: str, result: Any, *, ok: bool = True, errors: list[
     _print_json({"ok": ok, "command": command, "result": result, "errors": list(errors or [])})
 
 
+def _go_offline(flag: bool) -> None:
+    """``--offline``: nothing this process runs may download (read by :mod:`edgepack.models.pretrained`)."""
+    import os
+
+    if flag:
+        os.environ["EDGEPACK_OFFLINE"] = "1"
+
+
 def _split_targets(values: Optional[list[str]] | str | None) -> list[str]:
     """``--target a,b --target c`` -> ``[a, b, c]`` (empty items dropped)."""
     if values is None:
@@ -312,6 +320,8 @@ def targets_check(
     target: Annotated[list[str], typer.Option("--target", "-t", metavar=TARGETS_METAVAR, help="Target id (repeatable, or comma-separated).")],
     inputs: Annotated[Optional[list[str]], typer.Option("--input", metavar="SPEC", help="NAME:1x3x224x224:float32 (repeatable).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Weights for torchvision/timm/factory sources.")] = None,
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="torchvision/timm: export the untrained architecture instead of the pretrained weights.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download (pretrained weights must be in the local cache); same as EDGEPACK_OFFLINE=1.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Precheck where SOURCE's ops would run on each accelerator of TARGET (no recipe chain, no bundle)."""
@@ -323,7 +333,8 @@ def targets_check(
         if not targets:
             raise InputError("no --target given", hint="run 'edgepack targets list'")
         for one in targets:
-            report = api.check(source, one, weights=weights, inputs=inputs or ())
+            _go_offline(offline)
+            report = api.check(source, one, weights=weights, random_weights=random_weights, inputs=inputs or ())
             reports[one] = None if report is None else report.to_dict()
     if as_json:
         _print_envelope("targets check", reports[targets[0]] if len(targets) == 1 else reports)
@@ -458,10 +469,13 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Directory that receives NAME.edgepack/.")] = Path("dist"),
     name: Annotated[Optional[str], typer.Option(help="Bundle name (default: the model's).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help=".safetensors or state-dict .pt for torchvision/timm/factory sources.")] = None,
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="torchvision/timm: export the untrained architecture instead of the pretrained weights.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download (pretrained weights must be in the local cache); same as EDGEPACK_OFFLINE=1.")] = False,
     inputs: Annotated[Optional[list[str]], typer.Option("--input", metavar="SPEC", help="NAME:1x3x224x224:float32 (repeatable).")] = None,
     sign_key: Annotated[Optional[Path], typer.Option(metavar="KEY", help="Ed25519 private key (from 'edgepack keygen'): writes manifest.sig.")] = None,
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", metavar="RECIPE", help="Recipe name or .toml file (repeatable, in order): replaces every target's recipe chain.")] = None,
     profile: Annotated[Optional[list[Path]], typer.Option("--profile", metavar="TOML", help="Extra target profile TOML (repeatable): your own device, may 'extends' a shipped one.")] = None,
+    bake_preprocess: Annotated[bool, typer.Option("--bake-preprocess", help="Artifacts take uint8 NHWC images and do the cast, scale, mean/std and layout themselves (needs the source's preprocessing).")] = False,
     archive: Annotated[bool, typer.Option(help="Write NAME.edgepack.zip instead of the NAME.edgepack/ folder.")] = False,
     bench: Annotated[Optional[str], typer.Option(help="Benchmark what was exported on this runner (host, ssh://...) and put the summary in the manifest.", metavar="RUNNER")] = None,
     fail_on_fallback: Annotated[Optional[float], typer.Option(help="Fail a target when more than PCT % of its ops fall back to the CPU (placement report; for CI).", metavar="PCT")] = None,
@@ -474,11 +488,12 @@ def export(
 
     targets = _split_targets(target)
     with _user_errors("export" if as_json else None):
+        _go_offline(offline)
         registry = load_registry(extra=profile or ())
         with _progress(not as_json or not sys.stderr.isatty(), _canonical(registry, targets)) as progress:
             result = api.export(source, targets, calib=calib, eval_data=eval_data, metric=metric, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
-                                name=name, weights=weights, inputs=inputs or (), recipe_chain=recipe or (), sign_key=sign_key,
-                                cache=not no_cache, archive=archive, fail_on_fallback=fail_on_fallback, bench=bench, registry=registry,
+                                name=name, weights=weights, random_weights=random_weights, inputs=inputs or (), recipe_chain=recipe or (), sign_key=sign_key,
+                                bake_preprocess=bake_preprocess, cache=not no_cache, archive=archive, fail_on_fallback=fail_on_fallback, bench=bench, registry=registry,
                                 progress=progress)
             if isinstance(progress, _Reporter):
                 progress.flush()
@@ -541,6 +556,9 @@ def _print_export_summary(result: Any) -> None:
     from rich.markup import escape
 
     title = f"bundle {result.bundle}" if result.published else f"not published (previous bundle kept: {result.bundle})"
+    weights = (result.manifest.get("source") or {}).get("weights") or ""
+    if weights.startswith("random"):
+        title += " · RANDOM WEIGHTS (untrained architecture)"
     benched = any("bench" in entry for entry in result.manifest["targets"].values())
     columns = ["target", "precision", "size", "parity", "accuracy", "placement", *(["p50 ms"] if benched else []), "status"]
     rows = []

@@ -15,6 +15,8 @@ import pytest
 from edgepack.compress.recipe import load_recipes
 from edgepack.targets.registry import load_registry
 
+os.environ["EDGEPACK_OFFLINE"] = "1"  # tests never download: pretrained weights come from the local cache or not at all
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _export_cache_off():

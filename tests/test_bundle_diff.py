@@ -85,7 +85,9 @@ def test_io_signature_changes_are_breaking(bundles):
 
     relabelled = copy.deepcopy(base)
     relabelled["labels"] = list(reversed(base["labels"]))
-    assert [c.aspect for c in diff_manifests(base, relabelled).breaking] == ["labels"]
+    breaking = diff_manifests(base, relabelled).breaking
+    assert [c.aspect for c in breaking] == ["labels"] + ["contract"] * len(base["targets"])
+    assert {c.target for c in breaking[1:]} == set(base["targets"]) and {c.item for c in breaking[1:]} == {"labels"}
 
 
 def test_toolchain_and_added_target_are_informational(bundles):
@@ -133,3 +135,41 @@ def test_cli_exit_codes_on_edited_bundle(bundles, tmp_path):
     assert runner.invoke(app, ["diff", str(old), str(copy_), "--allow-breaking"]).exit_code == 0
     done = runner.invoke(app, ["diff", str(old), str(tmp_path / "missing")])
     assert done.exit_code != 0 and "edgepack: error:" in done.stderr
+
+
+def test_contract_changes_between_real_exports_are_breaking(bundles, tmp_path):
+    """Labels, preprocessing (mean/std/scale/layout/baked) and postprocessing (NMS) per target, read from
+    manifest.json files given directly (no bundle verification, so the edited manifest needs no re-hash)."""
+    old, new = bundles
+    target = "jetson-orin-nano"
+    base = read_manifest(new)
+    name = base["targets"][target]["artifact"]["inputs"][0]["name"]
+    cases = {
+        f"preprocess '{name}' mean": lambda e, m: e["artifact"]["inputs"][0]["preprocess"].update(mean=[0.5]),
+        f"preprocess '{name}' std": lambda e, m: e["artifact"]["inputs"][0]["preprocess"].update(std=[0.25]),
+        f"preprocess '{name}' scale": lambda e, m: e["artifact"]["inputs"][0]["preprocess"].update(scale=1 / 255),
+        f"preprocess '{name}' baked": lambda e, m: e["artifact"]["inputs"][0]["preprocess"].update(baked=True),
+        "postprocess": lambda e, m: e.update(postprocess={"nms": {"iou_threshold": 0.45, "max_detections": 100}}),
+        "labels": lambda e, m: e.update(contract={"labels": [f"class {i}" for i in range(10)]}),
+    }
+    runner = CliRunner()
+    for item, edit in cases.items():
+        edited = copy.deepcopy(base)
+        edit(edited["targets"][target], edited)
+        folder = tmp_path / item.replace("'", "").replace(" ", "-")
+        folder.mkdir()
+        (folder / "manifest.json").write_bytes(canonical_json(edited))
+        result = diff_bundles(new / "manifest.json", folder / "manifest.json")
+        assert [(c.target, c.aspect, c.item) for c in result.breaking] == [(target, "contract", item)], item
+        done = runner.invoke(app, ["diff", str(new / "manifest.json"), str(folder / "manifest.json")])
+        assert done.exit_code == 1 and "BREAKING" in done.stdout, done.stdout
+        assert runner.invoke(app, ["diff", str(new / "manifest.json"), str(folder / "manifest.json"),
+                                   "--allow-breaking"]).exit_code == 0
+    # The bundle-level label set reaches every target's contract; an unchanged pair of real exports has none.
+    relabelled = copy.deepcopy(base)
+    relabelled["labels"] = [f"digit {i}" for i in range(10)]
+    (tmp_path / "relabelled").mkdir()
+    (tmp_path / "relabelled" / "manifest.json").write_bytes(canonical_json(relabelled))
+    result = diff_bundles(new / "manifest.json", tmp_path / "relabelled" / "manifest.json")
+    assert {(c.target, c.aspect) for c in result.breaking} == {(None, "labels"), (target, "contract")}
+    assert not [c for c in diff_bundles(old, new).changes if c.aspect == "contract"]

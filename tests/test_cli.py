@@ -99,7 +99,7 @@ def test_verify_detects_a_flipped_byte(tmp_path):
 def test_sigint_mid_export_leaves_no_bundle_and_no_temp_dirs(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [*CLI, "export", "torchvision:resnet18", "-t", "host-ort", "-t", "x86-openvino", "--out", str(out)],
+        [*CLI, "export", "torchvision:resnet18", "--random-weights", "-t", "host-ort", "-t", "x86-openvino", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     time.sleep(6)

@@ -267,7 +267,7 @@ def test_torchvision_mobilenet_v2_for_iphone(tmp_path, recipe, kind):
     from edgepack.models.input_spec import parse_input_spec
     from edgepack.models.sample import example_dataset_arrays
 
-    source = load_source("torchvision:mobilenet_v2", inputs=[parse_input_spec("input:batchx3x96x96")])
+    source = load_source("torchvision:mobilenet_v2", inputs=[parse_input_spec("input:batchx3x96x96")], random_weights=True)
     calib = tmp_path / "calib.npz"
     np.savez(calib, input=example_dataset_arrays(source.inputs, 8, seed=0)["input"])
     result = api.export(source, ["iphone-15-pro"], out=tmp_path / "out", recipe_chain=[recipe], calib=calib)

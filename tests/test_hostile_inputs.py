@@ -201,7 +201,7 @@ def truncated_calibration(tmp: Path):
 
 
 def input_shape_the_model_rejects(tmp: Path):
-    return (["export", "torchvision:resnet18", "-t", "host-ort", "--input", "input:1x5x32x32"],
+    return (["export", "torchvision:resnet18", "--random-weights", "-t", "host-ort", "--input", "input:1x5x32x32"],
             ("rejects input", "--input"))
 
 

@@ -37,28 +37,28 @@ def test_parse_input_spec_rejects(text):
 
 
 def test_torchvision_source_is_reproducible_random_init():
-    first = load_source("torchvision:mobilenet_v3_small")
-    second = load_source("torchvision:mobilenet_v3_small")
+    first = load_source("torchvision:mobilenet_v3_small", random_weights=True)
+    second = load_source("torchvision:mobilenet_v3_small", random_weights=True)
     assert first.sha256 == second.sha256
     assert first.inputs[0].shape == ("batch", 3, 224, 224)
     assert first.outputs[0].name == "logits" and first.outputs[0].shape == ("batch", 1000)
 
 
 def test_timm_source_takes_input_size_from_pretrained_cfg():
-    source = load_source("timm:resnet10t")
+    source = load_source("timm:resnet10t", random_weights=True)
     cfg = source.torch_module.pretrained_cfg
     assert source.inputs[0].shape[1:] == tuple(cfg["input_size"])
     assert source.inputs[0].preprocess.mean == tuple(cfg["mean"])
 
 
 def test_input_override_changes_resolution():
-    source = load_source("torchvision:resnet18", inputs=[parse_input_spec("input:1x3x64x64")])
+    source = load_source("torchvision:resnet18", inputs=[parse_input_spec("input:1x3x64x64")], random_weights=True)
     assert source.inputs[0].shape == (1, 3, 64, 64)
 
 
 def test_input_override_the_model_cannot_take_is_rejected():
     with pytest.raises(InputError, match="rejects input"):
-        load_source("torchvision:resnet18", inputs=[parse_input_spec("input:1x5x64x64")])
+        load_source("torchvision:resnet18", inputs=[parse_input_spec("input:1x5x64x64")], random_weights=True)
 
 
 def test_factory_source(tiny_cnn_file):
@@ -163,3 +163,53 @@ def test_demo_digits_source_carries_data():
 def test_weights_for_file_sources_is_refused(tmp_path):
     with pytest.raises(InputError):
         load_source(str(tmp_path / "m.onnx"), weights=Path("w.safetensors"))
+
+
+def test_a_torchvision_name_means_pretrained_weights_and_offline_without_them_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("EDGEPACK_OFFLINE", "1")
+    with pytest.raises(SourceError, match="not in the local cache .* offline") as raised:
+        load_source("torchvision:resnet18")
+    assert "--weights FILE" in str(raised.value) and "--random-weights" in str(raised.value)
+
+
+def test_pretrained_torchvision_weights_come_from_the_local_cache_with_their_class_names(tmp_path, monkeypatch):
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("EDGEPACK_OFFLINE", "1")
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    checkpoint.parent.mkdir(parents=True)
+    torch.manual_seed(123)  # stands in for the published file: a full state dict of the architecture
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, checkpoint)
+    source = load_source("torchvision:resnet18")
+    assert source.weights == f"pretrained: torchvision {weights}" and source.describe()["weights"] == source.weights
+    assert source.labels is not None and len(source.labels) == 1000 and source.labels[0] == "tench"
+    loaded = source.torch_module.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    random = load_source("torchvision:resnet18", random_weights=True)
+    assert random.weights.startswith("random") and random.sha256 != source.sha256 and random.labels is None
+
+
+def test_random_weights_are_said_in_the_manifest_model_card_and_summary(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "edgepack.cli", "export", "torchvision:mobilenet_v3_small", "--random-weights",
+                           "--input", "input:1x3x64x64", "-t", "host-ort", "--recipe", "fp32", "--out", str(out)],
+                          capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM WEIGHTS" in proc.stdout
+    bundle = out / "mobilenet_v3_small.edgepack"
+    manifest = __import__("json").loads((bundle / "manifest.json").read_text())
+    assert manifest["source"]["weights"].startswith("random")
+    assert "random weights: the model is untrained" in (bundle / "MODEL_CARD.md").read_text()
+
+
+def test_random_weights_only_apply_to_named_architectures():
+    with pytest.raises(InputError, match="--random-weights applies to torchvision:NAME and timm:NAME"):
+        load_source("demo:digits", random_weights=True)

@@ -74,7 +74,7 @@ def test_calibration_cache_format(jetson_bundle):
 @pytest.mark.parametrize("model", ["mobilenet_v2", "resnet18"])
 def test_torchvision_models_export_for_jetson(tmp_path, model):
 
-    source = load_source(f"torchvision:{model}", inputs=[parse_input_spec("input:batchx3x96x96")])
+    source = load_source(f"torchvision:{model}", inputs=[parse_input_spec("input:batchx3x96x96")], random_weights=True)
     calib = tmp_path / "calib.npz"
     np.savez(calib, input=example_dataset_arrays(source.inputs, 16, seed=0)["input"])
     result = api.export(source, ["jetson-orin"], calib=calib, out=tmp_path / "out", recipe_chain=["int8", "fp16"])

@@ -1,8 +1,10 @@
 """``edgepack diff``: what changed between two bundles, per target, for release reviews and CI.
 
 A change to what an app calls — I/O names, order, shapes, dtypes, layout, quantization parameters,
-preprocessing, labels, or a target that disappeared — is *breaking*; everything else (size, accuracy,
-parity, latency, placement, recipe, toolchain versions) is informational.
+or a target that disappeared — is *breaking*, and so is a change to a target's deployment contract: its
+label set, its input preprocessing (scale, mean, std, layout, colour order, size, baked into the model or
+not) or its postprocessing (``postprocess``, e.g. NMS settings). Everything else (size, accuracy, parity,
+latency, placement, recipe, toolchain versions) is informational.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from typing import Any, Mapping
 from edgepack.errors import BundleError
 
 IO_FIELDS = ("shape", "dtype", "layout", "quant", "preprocess")
+PREPROCESS_FIELDS = ("scale", "mean", "std", "layout", "baked", "colour_order", "size")
+"""Preprocessing facts compared per target input (``layout`` is the artifact input's)."""
+BAKED_PREFIX = "baked into the model: "
+"""Description prefix of a preprocessing baked into the graph (``edgepack.models.bake.BAKED_PREFIX``)."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,7 @@ class Change:
     target: str | None
     aspect: str
     """size, accuracy, parity, latency, placement, recipe, precision, status, artifact, toolchain, io,
-    labels, source, target."""
+    labels, contract, source, target."""
     item: str
     old: Any
     new: Any
@@ -107,7 +113,60 @@ def diff_manifests(old: Mapping[str, Any], new: Mapping[str, Any], *, old_label:
             add(Change(target, "target", "target", "absent", "added"))
         else:
             result.changes.extend(_target(target, old_targets[target], new_targets[target]))
+            result.changes.extend(_contract(target, contract_view(old, target), contract_view(new, target)))
     return result
+
+
+def contract_view(manifest: Mapping[str, Any], target: str) -> dict[str, Any]:
+    """The deployment contract of ``target`` as the manifest records it: ``labels``, ``preprocess`` per
+    artifact input (:data:`PREPROCESS_FIELDS`) and ``postprocess``. A ``contract`` dict in the target entry
+    (or its artifact) wins where it carries a field; the artifact's inputs, then the source's (by position),
+    give the preprocessing; the bundle's labels are every target's labels otherwise."""
+    entry = (manifest.get("targets") or {}).get(target) or {}
+    artifact = entry.get("artifact") or {}
+    contract = entry.get("contract") or artifact.get("contract") or {}
+    source = manifest.get("source") or {}
+    labels = contract["labels"] if "labels" in contract else manifest.get("labels")
+    contract_inputs = {s.get("name"): s for s in contract.get("inputs") or []}
+    source_inputs = source.get("inputs") or []
+    preprocess: dict[str, Any] = {}
+    for position, spec in enumerate(artifact.get("inputs") or source_inputs):
+        name = spec.get("name")
+        from_contract = contract_inputs.get(name) or {}
+        pre = from_contract.get("preprocess", spec.get("preprocess"))
+        if pre is None and "preprocess" not in from_contract and position < len(source_inputs):
+            pre = source_inputs[position].get("preprocess")
+        if pre is None:
+            preprocess[name] = None
+            continue
+        view = {key: pre.get(key) for key in PREPROCESS_FIELDS}
+        view["layout"] = from_contract.get("layout", spec.get("layout"))
+        view["baked"] = bool(pre.get("baked")) or str(pre.get("description") or "").startswith(BAKED_PREFIX)
+        preprocess[name] = view
+    postprocess = contract.get("postprocess", entry.get("postprocess", artifact.get("postprocess")))
+    return {"labels": labels, "preprocess": preprocess, "postprocess": postprocess}
+
+
+def _contract(target: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    """Breaking changes of a target's deployment contract (labels, preprocessing, postprocessing)."""
+    changes: list[Change] = []
+    if old["labels"] != new["labels"]:
+        changes.append(Change(target, "contract", "labels", old["labels"], new["labels"], breaking=True))
+    old_pre, new_pre = old["preprocess"], new["preprocess"]
+    for name in [n for n in old_pre if n in new_pre]:
+        a, b = old_pre[name], new_pre[name]
+        if a is None or b is None:
+            if a != b:
+                changes.append(Change(target, "contract", f"preprocess '{name}'", a, b, breaking=True))
+            continue
+        for key in PREPROCESS_FIELDS:
+            if a.get(key) != b.get(key):
+                changes.append(Change(target, "contract", f"preprocess '{name}' {key}", a.get(key), b.get(key),
+                                      breaking=True))
+    if old["postprocess"] != new["postprocess"]:
+        changes.append(Change(target, "contract", "postprocess", old["postprocess"], new["postprocess"],
+                              breaking=True))
+    return changes
 
 
 def _get(data: Mapping[str, Any] | None, *keys: str) -> Any:
@@ -163,7 +222,7 @@ def _target(target: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list
     ot, nt = old.get("toolchain") or {}, new.get("toolchain") or {}
     changes += _compare(target, "toolchain", [(k, ot.get(k), nt.get(k)) for k in sorted(set(ot) | set(nt))])
     if oa and na:
-        changes += _io(target, "artifact", oa, na)
+        changes += _io(target, "artifact", oa, na, skip=("preprocess",))  # preprocessing: see _contract
         if _get(oa, "settings", "signature") != _get(na, "settings", "signature"):
             changes.append(Change(target, "io", "signature key", _get(oa, "settings", "signature"),
                                   _get(na, "settings", "signature"), breaking=True))
@@ -172,7 +231,8 @@ def _target(target: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list
     return changes
 
 
-def _io(target: str | None, where: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+def _io(target: str | None, where: str, old: Mapping[str, Any], new: Mapping[str, Any],
+        skip: tuple[str, ...] = ()) -> list[Change]:
     """Breaking changes of the inputs/outputs of ``old`` vs ``new`` (source or artifact I/O)."""
     changes: list[Change] = []
     for kind in ("inputs", "outputs"):
@@ -181,7 +241,7 @@ def _io(target: str | None, where: str, old: Mapping[str, Any], new: Mapping[str
         if list(old_specs) != list(new_specs):
             changes.append(Change(target, "io", f"{where} {kind}", list(old_specs), list(new_specs), breaking=True))
         for name in [n for n in old_specs if n in new_specs]:
-            for key in IO_FIELDS:
+            for key in (k for k in IO_FIELDS if k not in skip):
                 a, b = old_specs[name].get(key), new_specs[name].get(key)
                 if a != b:
                     changes.append(Change(target, "io", f"{where} {kind[:-1]} '{name}' {key}", a, b, breaking=True))

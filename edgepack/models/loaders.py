@@ -18,6 +18,7 @@ from typing import Any
 
 from edgepack.errors import InputError, SourceError
 from edgepack.hashing import file_sha256, module_sha256
+from edgepack.models.pretrained import RANDOM_WEIGHTS, Pretrained, create_timm_pretrained, load_torchvision_weights
 from edgepack.models.source import ModelSource, Preprocess, TensorSpec
 
 IMAGENET = Preprocess(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), description="RGB 0..255")
@@ -162,7 +163,17 @@ def _torch_source(kind: str, uri: str, name: str, module: Any, inputs: list[Tens
     )
 
 
-def _load_torchvision(name: str, uri: str, weights: Path | None, given: Sequence[TensorSpec]) -> ModelSource:
+def _chosen_weights(module: Any, weights: Path | None, random_weights: bool) -> Pretrained | None:
+    """The weights the user chose instead of the pretrained default (a file, or none), or ``None``."""
+    if weights is not None:
+        _load_weights(module, weights)
+        return Pretrained(f"file {weights.name}")
+    return Pretrained(RANDOM_WEIGHTS) if random_weights else None
+
+
+def _load_torchvision(
+    name: str, uri: str, weights: Path | None, given: Sequence[TensorSpec], random_weights: bool = False
+) -> ModelSource:
     import torchvision
 
     if name not in torchvision.models.list_models():
@@ -172,24 +183,29 @@ def _load_torchvision(name: str, uri: str, weights: Path | None, given: Sequence
         raise SourceError(f"{uri}: unknown torchvision model", hint=f"did you mean {', '.join(close)}?" if close else None)
     _seeded()
     module = torchvision.models.get_model(name, weights=None)
-    if weights is not None:
-        _load_weights(module, weights)
+    origin = _chosen_weights(module, weights, random_weights) or load_torchvision_weights(module, name, uri)
     side = 299 if name.startswith("inception") else 224
     inferred = [TensorSpec("input", ("batch", 3, side, side), "float32", "NCHW", IMAGENET)]
     out_name = ["logits"] if name in torchvision.models.list_models(torchvision.models) else None
-    return _torch_source("torchvision", uri, name, module, _merge_inputs(inferred, given, uri), out_name)
+    source = _torch_source("torchvision", uri, name, module, _merge_inputs(inferred, given, uri), out_name)
+    source.weights, source.labels = origin.description, origin.labels
+    return source
 
 
-def _load_timm(name: str, uri: str, weights: Path | None, given: Sequence[TensorSpec]) -> ModelSource:
+def _load_timm(
+    name: str, uri: str, weights: Path | None, given: Sequence[TensorSpec], random_weights: bool = False
+) -> ModelSource:
     import timm
 
     _seeded()
-    try:
-        module = timm.create_model(name, pretrained=False)
-    except RuntimeError as exc:
-        raise SourceError(f"{uri}: {_first_line(exc)}", hint="run timm.list_models() for names") from None
-    if weights is not None:
-        _load_weights(module, weights)
+    if weights is None and not random_weights:
+        module, origin = create_timm_pretrained(name, uri)
+    else:
+        try:
+            module = timm.create_model(name, pretrained=False)
+        except RuntimeError as exc:
+            raise SourceError(f"{uri}: {_first_line(exc)}", hint="run timm.list_models() for names") from None
+        origin = _chosen_weights(module, weights, random_weights)
     cfg = getattr(module, "pretrained_cfg", {}) or {}
     channels, height, width = cfg.get("input_size", (3, 224, 224))
     preprocess = Preprocess(
@@ -199,7 +215,9 @@ def _load_timm(name: str, uri: str, weights: Path | None, given: Sequence[Tensor
         description=f"timm pretrained_cfg ({cfg.get('interpolation', 'bicubic')}, crop_pct={cfg.get('crop_pct', 'n/a')})",
     )
     inferred = [TensorSpec("input", ("batch", channels, height, width), "float32", "NCHW", preprocess)]
-    return _torch_source("timm", uri, name, module, _merge_inputs(inferred, given, uri), ["logits"])
+    source = _torch_source("timm", uri, name, module, _merge_inputs(inferred, given, uri), ["logits"])
+    source.weights, source.labels = origin.description, origin.labels
+    return source
 
 
 def _load_factory(path: Path, factory: str, uri: str, weights: Path | None, given: Sequence[TensorSpec]) -> ModelSource:
@@ -401,17 +419,26 @@ def _load_demo(name: str, uri: str, given: Sequence[TensorSpec]) -> ModelSource:
     return load_demo_source()
 
 
-def load_source(text: str, *, weights: str | Path | None = None, inputs: Sequence[TensorSpec] = ()) -> ModelSource:
-    """Load a model from a source string (see module docstring) with optional weights and input specs."""
+def load_source(
+    text: str, *, weights: str | Path | None = None, inputs: Sequence[TensorSpec] = (), random_weights: bool = False,
+) -> ModelSource:
+    """Load a model from a source string (see module docstring) with optional weights and input specs.
+
+    ``torchvision:`` / ``timm:`` names load their pretrained weights (:mod:`edgepack.models.pretrained`) unless
+    ``weights`` names a file or ``random_weights`` asks for the untrained architecture."""
     weights_path = Path(weights) if weights is not None else None
     prefix, _, rest = text.partition(":")
+    if random_weights and not (prefix in ("torchvision", "timm") and rest):
+        raise InputError(f"--random-weights applies to torchvision:NAME and timm:NAME sources, not '{text}'")
     if prefix in ("torchvision", "timm", "hf", "demo") and rest:
         if weights_path is not None and prefix in ("hf", "demo"):
             raise InputError(f"--weights is not used with {prefix}: sources")
+        if random_weights and weights_path is not None:
+            raise InputError("--weights and --random-weights exclude each other")
         if prefix == "torchvision":
-            return _load_torchvision(rest, text, weights_path, inputs)
+            return _load_torchvision(rest, text, weights_path, inputs, random_weights)
         if prefix == "timm":
-            return _load_timm(rest, text, weights_path, inputs)
+            return _load_timm(rest, text, weights_path, inputs, random_weights)
         if prefix == "hf":
             return _load_hf(Path(rest), text, inputs)
         return _load_demo(rest, text, inputs)

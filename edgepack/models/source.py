@@ -100,6 +100,8 @@ class ModelSource:
     labels: list[str] | None = None
     code_sha256: str | None = None
     """Hash of user code that defines the model's forward (a factory's .py file), when there is any."""
+    weights: str | None = None
+    """Where the weights came from (``pretrained: ...``, ``file ...``, or random), for sources that choose."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Source-specific facts (e.g. the demo's built-in calibration/eval data)."""
 
@@ -115,4 +117,5 @@ class ModelSource:
             "sha256": self.sha256,
             "inputs": [spec.to_dict() for spec in self.inputs],
             "outputs": [spec.to_dict() for spec in self.outputs],
+            **({"weights": self.weights} if self.weights is not None else {}),
         }

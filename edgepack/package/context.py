@@ -27,6 +27,8 @@ SWIFT_MULTIARRAY_TYPES: dict[str, str] = {
     "uint8": ".int32", "bool": ".int32",
 }
 QUANTIZED_DTYPES: dict[str, tuple[int, int]] = {"int8": (-128, 127), "uint8": (0, 255)}
+BAKED_PREFIX = "baked into the model: "
+"""Description prefix of a preprocessing baked into the graph (``edgepack.models.bake.BAKED_PREFIX``)."""
 
 
 def words(name: str) -> list[str]:
@@ -81,6 +83,8 @@ class Tensor:
     channel_axis: int | None
     quant_scale: float | None
     quant_zero_point: int | None
+    preprocess_baked: bool = False
+    """The preprocessing is in the model graph: inputs are raw data, nothing is applied by generated code."""
 
     @property
     def has_preprocess(self) -> bool:
@@ -161,6 +165,9 @@ def tensor(spec: Mapping[str, Any], source_name: str | None = None) -> Tensor:
     layout = spec.get("layout")
     axis = layout.index("C") if layout and "C" in layout and len(layout) == len(shape) else None
     pre = spec.get("preprocess") or None
+    baked = bool(pre) and (bool(pre.get("baked")) or str(pre.get("description") or "").startswith(BAKED_PREFIX))
+    if baked:  # in the graph (--bake-preprocess): the app feeds raw data, the runner applies nothing
+        pre = None
     quant = spec.get("quant") or None
     mean = tuple(float(v) for v in (pre.get("mean") if pre else ())) or (0.0,)
     std = tuple(float(v) for v in (pre.get("std") if pre else ())) or (1.0,)
@@ -181,6 +188,7 @@ def tensor(spec: Mapping[str, Any], source_name: str | None = None) -> Tensor:
         channel_axis=axis if pre else None,
         quant_scale=float(quant["scale"]) if quant else None,
         quant_zero_point=int(quant["zero_point"]) if quant else None,
+        preprocess_baked=baked,
     )
 
 

@@ -149,6 +149,7 @@ def build_android(bundle: Bundle, target: str | None) -> Deliverable:
         signature=(entry["artifact"].get("settings") or {}).get("signature"),
         gradle=gradle,
         litert_source=f"ai-edge-litert {version}",
+        litert_version=version,
         accelerator_line=(f"{delegate.name} delegate, CPU (XNNPACK) fallback" if delegate else f"CPU (XNNPACK). {cpu_reason}"),
     )
     kotlin_dir = "src/main/kotlin/" + names["kotlin_package"].replace(".", "/")
@@ -266,6 +267,10 @@ def _literal(value: Any, *, keep_order: bool = False) -> str:
     return pprint.pformat(value, width=100, sort_dicts=False)
 
 
+VERSION_ENV = "EDGEPACK_ALLOW_RUNTIME_MISMATCH"
+"""Environment variable (=1) that lets a generated Python runner load on a runtime of another major.minor."""
+
+
 def build_python(bundle: Bundle, target: str | None) -> Deliverable:
     target_ids = choose_targets(bundle, PLATFORMS["python"], target)
     source = bundle.manifest.get("source") or {}
@@ -292,6 +297,9 @@ def build_python(bundle: Bundle, target: str | None) -> Deliverable:
         model = f"models/{target_id}/{PurePosixPath(artifact['path']).name}"
         targets[target_id] = {
             "runtime": runtime,
+            "runtime_package": distribution,
+            "runtime_version": version,
+            "runtime_pin": (entry.get("toolchain_pins") or {}).get(distribution),
             "model": model,
             "sha256": artifact["sha256"],
             "precision": artifact["precision"],
@@ -308,6 +316,7 @@ def build_python(bundle: Bundle, target: str | None) -> Deliverable:
         "runtimes": sorted({c["runtime"] for c in targets.values()}), "targets": rows,
         "inputs_literal": _literal(inputs), "outputs_literal": _literal(outputs), "targets_literal": _literal(targets, keep_order=True),
         "labels_literal": _literal(bundle.manifest.get("labels")), "requirements": sorted(requirements),
+        "version_env": VERSION_ENV,
     }
     out.text[f"{names['module']}.py"] = render("python/runner.py.j2", **values)
     out.text["requirements.txt"] = render("python/requirements.txt.j2", **values)

@@ -60,7 +60,8 @@ def search(
         console.print(front_table(result))
         if result.chosen is not None:
             console.print(f"chosen: {result.chosen.label} -> {result.chosen_recipe}")
-            console.print(f"  edgepack export {source} --target {target} --recipe {result.chosen_recipe}")
+            # one unbroken line, whatever the terminal width: it is meant to be copied and run
+            print(f"  edgepack export {source} --target {target} --recipe {result.chosen_recipe}", flush=True)
         else:
             console.print(f"[red]nothing chosen[/red]: {result.reason}")
         console.print(f"front: {result.outputs.get('json')}, plot: {result.outputs.get('plot')}")

@@ -109,8 +109,9 @@ def front_table(result: "SearchResult") -> Any:
     rows: list[Trial] = sorted(result.final, key=lambda t: (id(t) not in front, not t.measured, t.latency_ms or 0.0))
     candidates = len({t.key for t in result.trials})
     table = Table(title=f"search {result.target}: {candidates} candidates, {len(result.final)} fully measured, "
-                        f"front of {len(result.front)} ({_constraints_text(result)})")
-    for column in ("", "candidate", "precision", "drop", "p50 ms (95% CI)", "size KB", "notes"):
+                        f"front of {len(result.front)} ({_constraints_text(result)})",
+                  caption="* chosen   F on the Pareto front (no other candidate is better in drop, latency and size)")
+    for column in ("", "candidate", "precision", "drop", "p50 ms (95% CI)", "size KiB", "notes"):
         table.add_column(column)
     for t in rows:
         mark = "*" if t is result.chosen else ("F" if id(t) in front else "")
