@@ -10,6 +10,7 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +40,7 @@ from edgepack.models.reference import reference_predictor
 from edgepack.models.sample import example_dataset_arrays
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.pipeline import Evaluation, ProgressFn, TargetResult, run_target
+from edgepack.session import ExportSession
 from edgepack.signals import raise_if_interrupted
 from edgepack.targets.placement import PlacementReport
 from edgepack.targets.registry import Registry, load_registry
@@ -235,12 +237,15 @@ def export(
         profiles = [p.model_copy(update={"recipes": names}) for p in profiles]
         _check_recipes_apply(profiles, recipes, names)
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
+    baked_dir: Path | None = None
+    started = time.perf_counter()
     progress("source", "loading")
     model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs, random_weights=random_weights)
     if bake_preprocess:  # uint8 NHWC in, preprocessing in the graph, for every target (edgepack.models.bake)
         from edgepack.models.bake import bake_preprocess as bake
 
-        model = bake(model)
+        baked_dir = make_temp_dir(SCRATCH_PREFIX)  # the baked ONNX graph of an .onnx source; removed at the end
+        model = bake(model, baked_dir)
     calib_data = _load_data(calib, model, "calib", labels=False)
     scorer = load_metric_function(str(eval_data)) if eval_data is not None and is_metric_function(str(eval_data)) else None
     eval_set = _load_data(eval_data if scorer is None else None, model, "eval", labels=True)
@@ -264,6 +269,8 @@ def export(
         sweep_stale(Path(tempfile.gettempdir()), SCRATCH_PREFIX)
         if export_cache:
             export_cache.sweep()
+        timings = {"load": round(time.perf_counter() - started, 3)}  # the source, the data, the evaluation sets
+        session = ExportSession()  # fp32 baselines, sensitivity rankings, reference outputs shared by the targets
         scratch = make_temp_dir(SCRATCH_PREFIX)
         try:
             entries: dict[str, dict[str, Any]] = {}
@@ -280,7 +287,8 @@ def export(
                     cached.append(profile.id)
                     files.update(hit.files)
                     continue
-                result = run_target(model, profile, recipes, calib_data, evaluation, scratch / profile.id, progress, training)
+                result = run_target(model, profile, recipes, calib_data, evaluation, scratch / profile.id, progress, training,
+                                    session=session)
                 results.append(result)
                 entry, target_files = _target_payload(result, scratch / "_reports")
                 entries[profile.id] = entry
@@ -298,6 +306,7 @@ def export(
                 evaluation=_evaluation_label(scorer, eval_set, evaluation, metric),
                 max_drop=max_drop,
                 max_slowdown=max_slowdown,
+                timings={**timings, "total": round(time.perf_counter() - started, 3)},
             )
             if _would_lose_a_bundle(manifest, destination, archive):
                 raise_if_interrupted()
@@ -316,9 +325,13 @@ def export(
                     _bench_staged(bench_runner, writer.staging, manifest, bench_config)
                 _add_documents(writer, manifest)
                 raise_if_interrupted()  # never publish a bundle after SIGINT/SIGTERM, even one a toolchain swallowed
+                manifest["timings"]["total"] = round(time.perf_counter() - started, 3)  # up to the commit (it writes the manifest)
                 bundle = writer.commit(manifest, signer, archive=archive)
         finally:
+            session.close()
             shutil.rmtree(scratch, ignore_errors=True)
+            if baked_dir is not None:
+                shutil.rmtree(baked_dir, ignore_errors=True)
     return ExportResult(bundle, manifest, results, cached)
 
 

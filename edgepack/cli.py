@@ -344,7 +344,9 @@ def targets_check(
         if data is None:
             console.print(f"{one}: no accelerator with an op table; every op runs on the CPU")
             continue
-        console.print(f"{one}: {data['total_ops']} ops checked ({data['vocabulary']}, {data['checked_on']})")
+        console.print(f"{one}: {data['total_ops']} ops of the fp32 graph checked ({data['vocabulary']}, "
+                      f"{data['checked_on']}); a quantized artifact may place differently: the export summary's "
+                      "placement column judges what ships")
         for acc in data["accelerators"]:
             console.print(f"  {acc['accelerator']} ({acc['kind']}): {acc['supported']}/{data['total_ops']} ops, "
                           f"{acc['fallback_fraction']:.0%} fall back to the CPU")

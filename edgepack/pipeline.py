@@ -29,6 +29,7 @@ from edgepack.exporters.registry import get_exporter
 from edgepack.models.reference import reference_predictor
 from edgepack.models.source import ModelSource
 from edgepack.parity import ParityReport, compare
+from edgepack.session import ExportSession, StageTimer, export_settings_key
 from edgepack.signals import raise_if_interrupted
 from edgepack.targets.placement import placement_for
 from edgepack.targets.schema import TargetProfile
@@ -83,6 +84,8 @@ class TargetResult:
     """Static per-accelerator placement of the shipped artifact (profiles with op tables only)."""
     divergence: dict[str, object] | None = None
     """Where the last artifact that failed parity first differed from its source (:mod:`edgepack.divergence`)."""
+    timings: dict[str, float] | None = None
+    """Seconds per stage (:data:`edgepack.session.STAGES`) and ``total`` for this target."""
 
     @property
     def winner(self) -> Attempt | None:
@@ -122,7 +125,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Fp32Baseline:
-    """The same runtime's fp32 artifact, exported once per target, to time compressed artifacts against."""
+    """The same runtime's fp32 artifact, to time compressed artifacts against: built on first use, shared by
+    every target of the export with the same runtime and export settings (:class:`ExportSession`)."""
 
     def __init__(
         self, exporter: Exporter, source: ModelSource, profile: TargetProfile, recipes: RecipeBook, workdir: Path,
@@ -150,17 +154,20 @@ class _Fp32Baseline:
 
 def _check(
     attempt: Attempt, recipe: Recipe, predictor: Predictor, evaluation: Evaluation, parity_reference: Predictor,
-    baseline: _Fp32Baseline, enforce_latency: bool,
+    baseline: _Fp32Baseline, enforce_latency: bool, timer: StageTimer,
 ) -> None:
-    attempt.parity = compare(parity_reference, predictor, evaluation.parity_inputs.batches(), recipe.parity)
-    attempt.gate = evaluation.gate.evaluate(evaluation.reference, predictor, evaluation.reference_logits())
+    with timer.stage("parity"):
+        attempt.parity = compare(parity_reference, predictor, evaluation.parity_inputs.batches(), recipe.parity)
+    with timer.stage("gate"):
+        attempt.gate = evaluation.gate.evaluate(evaluation.reference, predictor, evaluation.reference_logits())
     if (recipe.precision == "fp32" and not recipe.passes) or predictor.proxy_for:
         return  # a proxy's speed says nothing about the device
-    fp32 = baseline.predictor()
-    if fp32 is not None:
-        attempt.latency = compare_latency(fp32, predictor, evaluation.parity_inputs.batch(0))
-        attempt.gate = with_latency(attempt.gate, attempt.latency.speedup, evaluation.gate.latency_tolerance,
-                                    enforce=enforce_latency)
+    with timer.stage("latency_check"):
+        fp32 = baseline.predictor()
+        if fp32 is not None:
+            attempt.latency = compare_latency(fp32, predictor, evaluation.parity_inputs.batch(0))
+            attempt.gate = with_latency(attempt.gate, attempt.latency.speedup, evaluation.gate.latency_tolerance,
+                                        enforce=enforce_latency)
 
 
 def run_target(
@@ -172,28 +179,46 @@ def run_target(
     workdir: Path,
     progress: ProgressFn = lambda target, stage: None,
     training: PassContext | None = None,
+    session: ExportSession | None = None,
 ) -> TargetResult:
-    """Export ``source`` for ``profile`` down its recipe chain; never raises for per-target failures."""
-    try:
-        exporter: Exporter = get_exporter(profile.runtime)
-    except EdgepackError as exc:
-        return TargetResult(profile, "unsupported", error=str(exc))
-    missing = exporter.toolchain().missing
+    """Export ``source`` for ``profile`` down its recipe chain; never raises for per-target failures.
+
+    ``session`` carries what the targets of one export share (fp32 baselines, sensitivity rankings, reference
+    outputs); without one, this target gets its own."""
+    timer = StageTimer()
+    with timer.stage("load"):
+        try:
+            exporter: Exporter = get_exporter(profile.runtime)
+        except EdgepackError as exc:
+            return _timed(TargetResult(profile, "unsupported", error=str(exc)), timer)
+        missing = exporter.toolchain().missing
     if missing:
         hints = "; ".join(missing.values())
-        return TargetResult(profile, "failed", error=f"toolchain for '{profile.runtime}' is missing: {hints}")
+        return _timed(TargetResult(profile, "failed", error=f"toolchain for '{profile.runtime}' is missing: {hints}"),
+                      timer)
     result = TargetResult(profile, "failed")
-    baseline = _Fp32Baseline(exporter, source, profile, recipes, workdir, calib)
+    own_session = session is None
+    session = session or ExportSession()
+    baseline = session.baseline(profile, lambda: _Fp32Baseline(exporter, source, profile, recipes, workdir, calib))
     try:
         context = training or PassContext(calib=calib, input_names=tuple(s.name for s in source.inputs))
-        _Chain(result, exporter, source, recipes, calib, evaluation, workdir, baseline, progress, context).walk()
+        _Chain(result, exporter, source, recipes, calib, evaluation, workdir, baseline, progress, context,
+               session, timer).walk()
     finally:
-        baseline.close()
+        if own_session:
+            session.close()
+    _timed(result, timer)
     if result.artifact is not None:
         result.status = "ok"
     else:
         tried = [a for a in result.attempts if a.status != "skipped"] or result.attempts
         result.error = "; ".join(f"{a.recipe}: {a.reason}" for a in tried) or "no recipe to try"
+    return result
+
+
+def _timed(result: TargetResult, timer: StageTimer) -> TargetResult:
+    timer.stop()
+    result.timings = timer.to_dict()
     return result
 
 
@@ -211,6 +236,8 @@ class _Chain:
     baseline: _Fp32Baseline
     progress: ProgressFn
     context: PassContext
+    session: ExportSession
+    timer: StageTimer
 
     def attempt(self, recipe: Recipe, label: str) -> Attempt:
         """Export with ``recipe``, run it, check parity/gate/latency; record and return the attempt."""
@@ -222,21 +249,28 @@ class _Chain:
             compressed = self.source
             if recipe.passes:
                 self.progress(profile.id, f"compressing {label}")
-                compressed = apply_passes(self.source, recipe.passes, self.context)
+                with self.timer.stage("convert"):
+                    compressed = apply_passes(self.source, recipe.passes, self.context)
             self.progress(profile.id, f"exporting {label}")
-            artifact = self.exporter.export(compressed, profile, recipe, self.calib, self.workdir / _dirname(label))
+            calibrates = self.calib is not None and QuantizationPlan(recipe, None).needs_calibration
+            with self.timer.stage("calibrate" if calibrates else "convert"):
+                artifact = self.exporter.export(compressed, profile, recipe, self.calib, self.workdir / _dirname(label))
             attempt.converter = artifact.converter
-            predictor = self.exporter.predictor(artifact, compressed)
+            with self.timer.stage("load"):
+                predictor = self.exporter.predictor(artifact, compressed)
             if isinstance(predictor, NotRunnable):
                 attempt.status, attempt.reason = "passed", f"exported; not runnable here: {predictor.reason}"
                 self.result.artifact, self.result.runnable = artifact, predictor.reason
                 self._place(artifact, compressed)
                 return attempt
             self.progress(profile.id, f"checking {label}")
-            reference = self.evaluation.reference if compressed is self.source else reference_predictor(compressed)
+            if compressed is self.source:  # the source's outputs on the parity inputs are computed once per export
+                reference = self.session.parity_reference(self.evaluation.reference)
+            else:
+                reference = reference_predictor(compressed)
             try:
                 _check(attempt, recipe, predictor, self.evaluation, reference, self.baseline,
-                       profile.latency_gate == "host")
+                       profile.latency_gate == "host", self.timer)
             finally:
                 predictor.close()
             if not attempt.parity.passed:
@@ -264,6 +298,11 @@ class _Chain:
 
         profile = self.result.profile
         self.progress(profile.id, f"locating the divergence of {label}")
+        with self.timer.stage("parity"):
+            self._find_divergence(artifact, recipe, source, label)
+
+    def _find_divergence(self, artifact: Artifact, recipe: Recipe, source: ModelSource, label: str) -> None:
+        profile = self.result.profile
         try:
             hub = export_onnx(source, self.workdir / "_onnx", dynamic=profile.dynamic_shapes)
             feeds = self.evaluation.parity_inputs.batch(0)
@@ -275,6 +314,10 @@ class _Chain:
 
     def _place(self, artifact: Artifact, source: ModelSource) -> None:
         """Record where the shipped artifact's ops would run on each accelerator (never fails the target)."""
+        with self.timer.stage("placement"):
+            self._placement(artifact, source)
+
+    def _placement(self, artifact: Artifact, source: ModelSource) -> None:
         profile = self.result.profile
         try:
             # Judge the graph the device builds: an artifact shipped with static shapes (DLA) is checked static.
@@ -288,6 +331,22 @@ class _Chain:
             self.result.placement = {"error": _one_line(exc)}
 
     def sensitivity(self, recipe: Recipe) -> list[LayerSensitivity]:
+        """The ranking of :meth:`rank`, computed once per export for each runtime, export settings and recipe
+        (a failure is cached too and raised again)."""
+        key = (export_settings_key(self.result.profile), recipe.model_dump_json())
+        if key not in self.session.sensitivity:
+            with self.timer.stage("sensitivity"):
+                try:
+                    self.session.sensitivity[key] = self.rank(recipe)
+                except Exception as exc:  # noqa: BLE001 - re-raised below, for this target and the next
+                    _raise_if_fatal(exc, self.result.profile.id)
+                    self.session.sensitivity[key] = exc
+        ranking = self.session.sensitivity[key]
+        if isinstance(ranking, Exception):
+            raise ranking
+        return ranking
+
+    def rank(self, recipe: Recipe) -> list[LayerSensitivity]:
         """Rank quantizable layers by the metric drop when each alone is quantized (on an eval subset)."""
         int8 = recipe.model_copy(update={"precision": "int8", "exclude": []})
         hub = export_onnx(self.source, self.workdir / "_onnx", dynamic=self.result.profile.dynamic_shapes)

@@ -221,3 +221,12 @@ def test_export_summary_prints_interval_and_note(capsys, monkeypatch):
     flat = " ".join(capsys.readouterr().out.split())
     assert "0.9944 (artifact) vs 0.9972 (fp32), drop 0.3 pt [95% CI 0.1-0.8]" in flat
     assert "interval from a bootstrap" in flat
+
+
+# --- 15. targets check says what it judged -----------------------------------------------------------------
+
+def test_targets_check_says_it_judges_the_fp32_graph_not_what_ships():
+    proc = run("targets", "check", "demo:digits", "-t", "jetson-orin")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "ops of the fp32 graph checked" in text and "the export summary's placement column judges what ships" in text

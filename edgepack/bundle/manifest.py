@@ -50,6 +50,7 @@ def target_entry(result: TargetResult) -> dict[str, Any]:
         "sensitivity": result.sensitivity,
         "placement": result.placement,
         "divergence": _divergence_summary(result.divergence),
+        "timings": result.timings,
         "reports": [f"reports/{profile.id}/attempts.json"]
         + ([f"reports/{profile.id}/placement.json"] if result.placement else [])
         + ([f"reports/{profile.id}/divergence.json"] if result.divergence else []),
@@ -66,10 +67,14 @@ def build_manifest(
     evaluation: str,
     max_drop: float,
     max_slowdown: float,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Everything an app team and a release reviewer need, without the file hashes (added on commit).
 
-    ``targets`` maps each target id to its :func:`target_entry` (fresh or replayed from the export cache)."""
+    ``targets`` maps each target id to its :func:`target_entry` (fresh or replayed from the export cache; a
+    replayed entry keeps the ``timings`` of the export that made it). ``timings``: the bundle's seconds,
+    ``load`` (source, data, evaluation sets) and ``total``; each target entry has its own per stage
+    (:data:`edgepack.session.STAGES`)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -79,4 +84,5 @@ def build_manifest(
         "data": {"calibration": calibration, "evaluation": evaluation, "max_drop": max_drop, "max_slowdown": max_slowdown},
         "targets": dict(targets),
         "status": "ok" if all(entry["status"] == "ok" for entry in targets.values()) else "partial",
+        "timings": dict(timings or {}),
     }

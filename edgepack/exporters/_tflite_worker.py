@@ -448,12 +448,14 @@ def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
 
     _disable_onnx2tf_downloads(request.get("sample_images"))
     keep_ncw = request.get("keep_ncw_input_names") or None
+    keep_nhwc = request.get("keep_nhwc_input_names") or None
     onnx2tf.convert(
         input_onnx_file_path=str(prepared),
         output_folder_path=str(out_dir),
         output_signaturedefs=True,
         custom_input_op_name_np_data_path=calib or None,
         keep_ncw_or_nchw_or_ncdhw_input_names=keep_ncw,
+        keep_nwc_or_nhwc_or_ndhwc_input_names=keep_nhwc,
         replace_to_pseudo_operators=request.get("pseudo_ops") or None,
         **options,
     )

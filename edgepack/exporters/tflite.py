@@ -543,6 +543,8 @@ def _onnx2tf_job(
         "output_dir": str(rundir / "out"),
         "input_shapes": {s.name: list(s.concrete_shape(1)) for s in source.inputs},
         "keep_ncw_input_names": [s.name for s in source.inputs if len(s.shape) == 3],
+        # inputs already channel-last (a baked uint8 image): onnx2tf must not move their channels again
+        "keep_nhwc_input_names": [s.name for s in source.inputs if len(s.shape) == 4 and (s.layout or "").upper() == "NHWC"],
         "pseudo_ops": list(pseudo_ops),
         "calib": calib_paths,
         "sample_images": sample_images,
@@ -573,7 +575,7 @@ def _variant_keys(onnx_path: Path, request: dict[str, Any], arrays: dict[str, np
     """Float files depend on the ONNX bytes, the options and the first :data:`CALIB_SAMPLES` samples
     (onnx2tf's checks); quantized ones also on the quantization options, and statically quantized ones
     on every calibration sample (full-integer ones on the I/O dtype too)."""
-    fixed = ("input_shapes", "keep_ncw_input_names", "pseudo_ops")
+    fixed = ("input_shapes", "keep_ncw_input_names", "keep_nhwc_input_names", "pseudo_ops")
     options = json.dumps({k: request[k] for k in fixed}, sort_keys=True)
     base = _digest(Path(onnx_path).read_bytes(), options, _arrays_digest(arrays, CALIB_SAMPLES))
     keys = {"fp32": _digest(base, "fp32"), "fp16": _digest(base, "fp16")}

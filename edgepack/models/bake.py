@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepack._fs import make_temp_dir
 from edgepack.errors import InputError
 from edgepack.models.source import ModelSource, Preprocess, TensorSpec
 
@@ -31,7 +31,9 @@ BAKED_PREFIX = "baked into the model: "
 """Start of the description of a baked input's (identity) preprocessing."""
 UNBAKED_KEY = "unbaked_inputs"
 """``ModelSource.extra`` key holding the float input specs the baked inputs replaced."""
-WORK_PREFIX = "edgepack_bake_"
+WORK_PREFIX = "edgepack-"
+"""Where a baked ONNX file goes without a work dir: ``edgepack-<pid>.<random>``, swept by later runs once this
+process has gone (:func:`edgepack._fs.sweep_stale`)."""
 
 
 def is_image_input(spec: TensorSpec) -> bool:
@@ -114,7 +116,7 @@ def baked_spec(spec: TensorSpec) -> TensorSpec:
     return TensorSpec(spec.name, (n, h, w, c), "uint8", "NHWC", identity, None)
 
 
-def bake_preprocess(source: ModelSource) -> ModelSource:
+def bake_preprocess(source: ModelSource, workdir: Path | None = None) -> ModelSource:
     """A new source whose image inputs are ``uint8`` NHWC with the preprocessing in the graph.
 
     Raises :class:`InputError` naming an image input without preprocessing (scale/mean/std).
@@ -135,7 +137,7 @@ def bake_preprocess(source: ModelSource) -> ModelSource:
         module = BakedPreprocess(source.torch_module, source.inputs, set(originals))
         return replace(source, torch_module=module, onnx_path=None, **common)
     if source.onnx_path is not None:
-        path = _bake_onnx(Path(source.onnx_path), list(originals.values()), new_inputs)
+        path = _bake_onnx(Path(source.onnx_path), list(originals.values()), new_inputs, workdir)
         return replace(source, onnx_path=path, **common)
     raise InputError(f"--bake-preprocess: {source.uri} has neither a torch module nor an ONNX file")
 
@@ -186,7 +188,9 @@ def BakedPreprocess(inner: Any, specs: Sequence[TensorSpec], baked: set[str]) ->
     return _MODULE_CLASS(inner, specs, baked).eval()
 
 
-def _bake_onnx(path: Path, specs: Sequence[TensorSpec], new_inputs: Sequence[TensorSpec]) -> Path:
+def _bake_onnx(
+    path: Path, specs: Sequence[TensorSpec], new_inputs: Sequence[TensorSpec], workdir: Path | None = None
+) -> Path:
     """A copy of the ONNX file at ``path`` with ``Cast -> Mul -> Sub -> Div -> Transpose`` before each baked input."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -228,8 +232,9 @@ def _bake_onnx(path: Path, specs: Sequence[TensorSpec], new_inputs: Sequence[Ten
     graph.node.extend(nodes + existing)
     graph.initializer.extend(initializers)
     onnx.checker.check_model(model)
-    workdir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
-    out = workdir / f"{path.stem}.baked.onnx"
+    folder = workdir if workdir is not None else make_temp_dir(WORK_PREFIX)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{path.stem}.baked.onnx"
     onnx.save(model, str(out))
     return out
 
