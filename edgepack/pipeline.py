@@ -9,7 +9,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,11 +100,28 @@ class Evaluation:
     parity_inputs: Dataset
     gate: Gate
     _reference_logits: np.ndarray | None = None
+    _conversion_gate: tuple[Gate, np.ndarray] | None = None
 
     def reference_logits(self) -> np.ndarray:
         if self._reference_logits is None:
             self._reference_logits = self.gate.reference_logits(self.reference)
         return self._reference_logits
+
+    def gate_for(self, recipe: Recipe) -> tuple[Gate, np.ndarray, str | None]:
+        """The gate an attempt with ``recipe`` is judged by, its reference outputs, and a note on the choice.
+
+        A plain fp32 conversion (no passes) under a fidelity gate is judged on the parity inputs: it compresses
+        nothing, parity (at fp32's tight tolerance) is its check, and the large fidelity set that resolves a
+        compression's drop would only multiply the cost by the model's size. Labelled data and user metrics
+        always use the full gate."""
+        fidelity = self.gate.data.labels is None and self.gate.scorer is None
+        if not (fidelity and recipe.precision == "fp32" and not recipe.passes):
+            return self.gate, self.reference_logits(), None
+        if self._conversion_gate is None:
+            gate = replace(self.gate, data=self.parity_inputs)
+            self._conversion_gate = (gate, gate.reference_logits(self.reference))
+        gate, logits = self._conversion_gate
+        return gate, logits, "fp32 conversion: fidelity measured on the parity inputs (parity is the conversion check)"
 
 
 def _raise_if_fatal(exc: BaseException, target: str) -> None:
@@ -159,7 +176,10 @@ def _check(
     with timer.stage("parity"):
         attempt.parity = compare(parity_reference, predictor, evaluation.parity_inputs.batches(), recipe.parity)
     with timer.stage("gate"):
-        attempt.gate = evaluation.gate.evaluate(evaluation.reference, predictor, evaluation.reference_logits())
+        gate, reference_logits, note = evaluation.gate_for(recipe)
+        attempt.gate = gate.evaluate(evaluation.reference, predictor, reference_logits)
+        if note is not None:
+            attempt.gate = replace(attempt.gate, note=note)
     if (recipe.precision == "fp32" and not recipe.passes) or predictor.proxy_for:
         return  # a proxy's speed says nothing about the device
     with timer.stage("latency_check"):

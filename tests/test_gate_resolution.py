@@ -231,3 +231,12 @@ def test_demo_digits_gate_resolves_and_ships_int8(tmp_path, one_torch_thread):
     assert entry["parity"]["samples"] == api.PARITY_SAMPLES
     card = render_model_card(result.manifest)
     assert f"drop 95% CI [{low:.4f}, {high:.4f}], {gate['samples']} samples" in card
+
+
+def test_a_plain_fp32_conversion_is_judged_on_the_parity_inputs_not_the_fidelity_set(tmp_path, tiny_cnn_file):
+    from edgepack import api
+
+    result = api.export(f"{tiny_cnn_file}:build", ["host-ort"], out=tmp_path, recipe_chain=["fp32"], cache=False)
+    gate = result.manifest["targets"]["host-ort"]["gate"]
+    assert gate["samples"] == api.SYNTHETIC_SAMPLES and gate["note"].startswith("fp32 conversion: fidelity measured on the parity")
+    assert result.manifest["data"]["evaluation"].startswith("fidelity on synthetic, domain-shaped")
