@@ -230,3 +230,13 @@ def test_targets_check_says_it_judges_the_fp32_graph_not_what_ships():
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     assert "ops of the fp32 graph checked" in text and "the export summary's placement column judges what ships" in text
+
+
+# --- 14. the bundle's Python snippet runs and prints what it computed --------------------------------------
+
+def test_the_python_snippet_in_a_bundle_runs_and_prints_its_outputs(exported):
+    out, proc = exported
+    snippet = out / "digits-cnn.edgepack" / "snippets" / "python" / "run.py"
+    done = subprocess.run([sys.executable, str(snippet)], capture_output=True, text=True, timeout=300, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^\S+: float32 \[1, 10\]$", done.stdout, re.M), done.stdout

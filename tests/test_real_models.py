@@ -172,13 +172,14 @@ def test_converter_failure_names_the_op_the_node_and_the_message(tmp_path):
 
 TFLITE = "android-pixel8"
 HOST = ("host-ort", "x86-openvino")
+JETSON = "jetson-orin"
 CELLS = {
     # model -> targets exported in one api.export call (fp32)
-    "ppocr-det": (TFLITE,),
-    "ppocr-rec": (TFLITE,),
-    "ppocr-cls": (TFLITE, *HOST),
-    "layout-cdla": (TFLITE,),
-    "orientation": (TFLITE, *HOST),
+    "ppocr-det": (TFLITE, *HOST, JETSON),
+    "ppocr-rec": (TFLITE, *HOST, JETSON),
+    "ppocr-cls": (TFLITE, *HOST, JETSON),
+    "layout-cdla": (TFLITE, *HOST, JETSON),
+    "orientation": (TFLITE, *HOST, JETSON),
 }
 
 
@@ -263,3 +264,13 @@ def test_silero_vad_torchscript_runs():
     with torch.inference_mode():
         probability = module(torch.zeros(1, 512), 16000)
     assert probability.shape == (1, 1) and 0.0 <= float(probability) <= 1.0
+
+
+@pytest.mark.slow
+def test_core_ml_of_an_onnx_source_fails_with_a_precise_report(tmp_path):
+    """Core ML has no ONNX frontend (coremltools 6+): an .onnx source fails every recipe of the chain with the
+    reason, not a traceback (the open cell of the corpus matrix)."""
+    result = _export("orientation", ("iphone-15-pro",), tmp_path)
+    entry = result.manifest["targets"]["iphone-15-pro"]
+    assert entry["status"] == "failed"
+    assert "Core ML conversion needs a PyTorch source" in entry["error"] and "Traceback" not in entry["error"]
