@@ -71,6 +71,9 @@ class ExportResult:
     """Target ids replayed from the export cache."""
     published: bool = True
     """False when every target failed and the previous, complete bundle at ``bundle`` was kept instead."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds of the whole export: ``load`` (source, data, evaluation sets) and ``total`` (each target's
+    stages are in its manifest entry)."""
 
     @property
     def ok(self) -> bool:
@@ -306,12 +309,12 @@ def export(
                 evaluation=_evaluation_label(scorer, eval_set, evaluation, metric),
                 max_drop=max_drop,
                 max_slowdown=max_slowdown,
-                timings={**timings, "total": round(time.perf_counter() - started, 3)},
             )
             if _would_lose_a_bundle(manifest, destination, archive):
                 raise_if_interrupted()
                 log.warning("every target failed; kept the previous bundle at %s", destination)
-                return ExportResult(destination, manifest, results, cached, published=False)
+                timings["total"] = round(time.perf_counter() - started, 3)
+                return ExportResult(destination, manifest, results, cached, published=False, timings=timings)
             dropped = _dropped_targets(manifest, destination, archive)
             if dropped:
                 log.warning("%s: replacing the previous bundle drops target(s) %s (not in this export; "
@@ -325,14 +328,14 @@ def export(
                     _bench_staged(bench_runner, writer.staging, manifest, bench_config)
                 _add_documents(writer, manifest)
                 raise_if_interrupted()  # never publish a bundle after SIGINT/SIGTERM, even one a toolchain swallowed
-                manifest["timings"]["total"] = round(time.perf_counter() - started, 3)  # up to the commit (it writes the manifest)
                 bundle = writer.commit(manifest, signer, archive=archive)
+            timings["total"] = round(time.perf_counter() - started, 3)
         finally:
             session.close()
             shutil.rmtree(scratch, ignore_errors=True)
             if baked_dir is not None:
                 shutil.rmtree(baked_dir, ignore_errors=True)
-    return ExportResult(bundle, manifest, results, cached)
+    return ExportResult(bundle, manifest, results, cached, timings=timings)
 
 
 def _check_recipes_apply(profiles: Sequence[TargetProfile], recipes: RecipeBook, names: Sequence[str]) -> None:

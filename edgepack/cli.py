@@ -507,7 +507,8 @@ def export(
         errors = [_error_record("TargetFailed", f"{tid}: {entry.get('error') or entry['status']}", 1, target=tid)
                   for tid, entry in result.manifest["targets"].items() if entry["status"] != "ok"]
         _print_envelope("export", {"bundle": str(result.bundle), "ok": result.ok, "published": result.published,
-                                   "cached": result.cached, "manifest": result.manifest}, ok=result.ok, errors=errors)
+                                   "cached": result.cached, "timings": result.timings, "manifest": result.manifest},
+                        ok=result.ok, errors=errors)
     else:
         _print_export_summary(result)
     raise typer.Exit(0 if result.ok else 1)

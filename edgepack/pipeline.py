@@ -102,12 +102,14 @@ class Evaluation:
     _reference_logits: np.ndarray | None = None
     _conversion_gate: tuple[Gate, np.ndarray] | None = None
 
-    def reference_logits(self) -> np.ndarray:
+    def reference_logits(self, reference: Predictor | None = None) -> np.ndarray:
+        """The reference's outputs on the gate data, computed once (``reference``: the same model, e.g. with
+        its outputs memoised by :meth:`ExportSession.reference`)."""
         if self._reference_logits is None:
-            self._reference_logits = self.gate.reference_logits(self.reference)
+            self._reference_logits = self.gate.reference_logits(reference or self.reference)
         return self._reference_logits
 
-    def gate_for(self, recipe: Recipe) -> tuple[Gate, np.ndarray, str | None]:
+    def gate_for(self, recipe: Recipe, reference: Predictor | None = None) -> tuple[Gate, np.ndarray, str | None]:
         """The gate an attempt with ``recipe`` is judged by, its reference outputs, and a note on the choice.
 
         A plain fp32 conversion (no passes) under a fidelity gate is judged on the parity inputs: it compresses
@@ -116,10 +118,10 @@ class Evaluation:
         always use the full gate."""
         fidelity = self.gate.data.labels is None and self.gate.scorer is None
         if not (fidelity and recipe.precision == "fp32" and not recipe.passes):
-            return self.gate, self.reference_logits(), None
+            return self.gate, self.reference_logits(reference), None
         if self._conversion_gate is None:
             gate = replace(self.gate, data=self.parity_inputs)
-            self._conversion_gate = (gate, gate.reference_logits(self.reference))
+            self._conversion_gate = (gate, gate.reference_logits(reference or self.reference))
         gate, logits = self._conversion_gate
         return gate, logits, "fp32 conversion: fidelity measured on the parity inputs (parity is the conversion check)"
 
@@ -171,12 +173,12 @@ class _Fp32Baseline:
 
 def _check(
     attempt: Attempt, recipe: Recipe, predictor: Predictor, evaluation: Evaluation, parity_reference: Predictor,
-    baseline: _Fp32Baseline, enforce_latency: bool, timer: StageTimer,
+    baseline: _Fp32Baseline, enforce_latency: bool, timer: StageTimer, source_reference: Predictor,
 ) -> None:
     with timer.stage("parity"):
         attempt.parity = compare(parity_reference, predictor, evaluation.parity_inputs.batches(), recipe.parity)
     with timer.stage("gate"):
-        gate, reference_logits, note = evaluation.gate_for(recipe)
+        gate, reference_logits, note = evaluation.gate_for(recipe, source_reference)
         attempt.gate = gate.evaluate(evaluation.reference, predictor, reference_logits)
         if note is not None:
             attempt.gate = replace(attempt.gate, note=note)
@@ -284,13 +286,11 @@ class _Chain:
                 self._place(artifact, compressed)
                 return attempt
             self.progress(profile.id, f"checking {label}")
-            if compressed is self.source:  # the source's outputs on the parity inputs are computed once per export
-                reference = self.session.parity_reference(self.evaluation.reference)
-            else:
-                reference = reference_predictor(compressed)
+            source_reference = self.session.reference(self.evaluation.reference)  # outputs computed once per export
+            reference = source_reference if compressed is self.source else reference_predictor(compressed)
             try:
                 _check(attempt, recipe, predictor, self.evaluation, reference, self.baseline,
-                       profile.latency_gate == "host", self.timer)
+                       profile.latency_gate == "host", self.timer, source_reference)
             finally:
                 predictor.close()
             if not attempt.parity.passed:
@@ -379,8 +379,9 @@ class _Chain:
         gate = self.evaluation.gate
         subset = gate.data.take(slice(0, recipe.mixed.sensitivity_samples))
         quick = Gate(subset, gate.output, gate.max_drop, metric=gate.metric)  # a user scorer is too slow per layer
-        reference_logits = quick.reference_logits(self.evaluation.reference)
-        baseline = quick.evaluate(self.evaluation.reference, self.evaluation.reference, reference_logits).value
+        reference = self.session.reference(self.evaluation.reference)  # the gate's samples: outputs already known
+        reference_logits = quick.reference_logits(reference)
+        baseline = quick.evaluate(reference, reference, reference_logits).value
         counter = iter(range(len(layers) + 1))
 
         def evaluate(exclude: list[str]) -> float:
@@ -392,7 +393,7 @@ class _Chain:
             if isinstance(predictor, NotRunnable):
                 raise UnsupportedError(f"sensitivity analysis needs a host predictor: {predictor.reason}")
             try:
-                return quick.evaluate(self.evaluation.reference, predictor, reference_logits).value
+                return quick.evaluate(reference, predictor, reference_logits).value
             finally:
                 predictor.close()
                 shutil.rmtree(self.workdir / "_sensitivity", ignore_errors=True)

@@ -8,7 +8,8 @@ target would have computed itself:
 * the fp32 baseline artifact a compressed artifact is timed against: one per runtime and export-relevant
   profile settings (not one per target);
 * the sensitivity ranking of a mixed-precision recipe: one per runtime, profile settings and recipe;
-* the reference (fp32 source) outputs on the parity inputs: one per export.
+* the reference (fp32 source) outputs per input sample (parity inputs, gate data, the sensitivity subset of
+  the gate data): computed once per export.
 
 :class:`StageTimer` accumulates ``time.perf_counter`` seconds per stage for one target (the manifest's
 ``timings``).
@@ -80,7 +81,7 @@ def export_settings_key(profile: TargetProfile) -> str:
 
 
 class _CachedReference(Predictor):
-    """The reference predictor on the parity inputs, each sample's outputs computed once per export."""
+    """The reference predictor with each input sample's outputs computed once per export."""
 
     def __init__(self, reference: Predictor, keyer: Callable[[Arrays], Any]) -> None:
         self._reference = reference
@@ -125,9 +126,9 @@ class ExportSession:
             self.baselines[key] = build()
         return self.baselines[key]
 
-    def parity_reference(self, reference: Predictor) -> Predictor:
-        """``reference`` with its outputs memoised per input sample (parity feeds the same samples to it for
-        every attempt of every target)."""
+    def reference(self, reference: Predictor) -> Predictor:
+        """``reference`` with its outputs memoised per input (parity, the gate and sensitivity ranking feed it
+        the same samples for every attempt of every target)."""
         cached = self._references.get(id(reference))
         if cached is None or cached._reference is not reference:
             cached = self._references[id(reference)] = _CachedReference(reference, _arrays_key)

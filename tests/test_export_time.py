@@ -27,7 +27,8 @@ def test_manifest_has_per_stage_timings_that_add_up(tmp_path):
     result = api.export("demo:digits", ["host-ort", "x86-openvino"], out=tmp_path, cache=False)
     assert result.ok, {r.profile.id: r.error for r in result.results}
     manifest = json.loads((result.bundle / "manifest.json").read_text())
-    bundle = manifest["timings"]
+    bundle = result.timings
+    assert "timings" not in manifest  # wall-clock totals would make every manifest unique (cache hits are byte-identical)
     assert set(bundle) == {"load", "total"} and 0 <= bundle["load"] <= bundle["total"]
     stages_of_targets = 0.0
     for target in ("host-ort", "x86-openvino"):
@@ -57,12 +58,12 @@ def counted_ort_exports(monkeypatch):
 
 
 def test_fp32_baseline_is_built_once_per_runtime_per_export(tmp_path, counted_ort_exports):
-    # two ONNX Runtime targets that ship int8 (timed against fp32): one fp32 baseline for both
+    # two ONNX Runtime targets trying int8 (timed against fp32): one fp32 baseline for both
     base = load_registry().get("host-ort").model_copy(update={"recipes": ["int8-dynamic"]})
     twin = base.model_copy(update={"id": "host-ort-twin", "name": "Host CPU (twin)"})
     registry = Registry({"host-ort": base, "host-ort-twin": twin})
     result = api.export("demo:digits", ["host-ort", "host-ort-twin"], out=tmp_path, registry=registry, cache=False)
-    assert {r.profile.id: r.status for r in result.results} == {"host-ort": "ok", "host-ort-twin": "ok"}
+    assert [r.profile.id for r in result.results] == ["host-ort", "host-ort-twin"]  # passed or rejected: both timed
     fp32 = [call for call in counted_ort_exports if call[2] == "fp32"]
     assert len(fp32) == 1, counted_ort_exports
     assert [call[0] for call in counted_ort_exports if call[2] != "fp32"] == ["host-ort", "host-ort-twin"]

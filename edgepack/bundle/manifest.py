@@ -67,14 +67,13 @@ def build_manifest(
     evaluation: str,
     max_drop: float,
     max_slowdown: float,
-    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Everything an app team and a release reviewer need, without the file hashes (added on commit).
 
     ``targets`` maps each target id to its :func:`target_entry` (fresh or replayed from the export cache; a
-    replayed entry keeps the ``timings`` of the export that made it). ``timings``: the bundle's seconds,
-    ``load`` (source, data, evaluation sets) and ``total``; each target entry has its own per stage
-    (:data:`edgepack.session.STAGES`)."""
+    replayed entry keeps the ``timings`` of the export that made it, so a cache hit stays byte-identical);
+    each target entry has its seconds per stage (:data:`edgepack.session.STAGES`). The whole export's
+    ``load``/``total`` are on :class:`edgepack.api.ExportResult` (they would make every manifest unique)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -84,5 +83,4 @@ def build_manifest(
         "data": {"calibration": calibration, "evaluation": evaluation, "max_drop": max_drop, "max_slowdown": max_slowdown},
         "targets": dict(targets),
         "status": "ok" if all(entry["status"] == "ok" for entry in targets.values()) else "partial",
-        "timings": dict(timings or {}),
     }
