@@ -125,18 +125,25 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
-def _warnings_to_stderr() -> None:
-    """edgepack's own warnings (e.g. an evicted cache entry) as ``edgepack: warning: ...`` lines on stderr."""
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """edgepack's own warnings (e.g. an evicted cache entry) as ``edgepack: warning: ...`` lines on stderr,
+    for the duration of one command: the handler is removed (and propagation restored) when it ends, so a
+    process that runs several commands (tests, notebooks) never writes to a stream an earlier one closed."""
     import logging
 
     logger = logging.getLogger("edgepack")
-    if not any(getattr(h, "_edgepack_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("edgepack: warning: %(message)s"))
-        handler.setLevel(logging.WARNING)
-        handler._edgepack_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("edgepack: warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _error_record(kind: str, message: str, exit_code: int, hint: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -149,8 +156,7 @@ def _user_errors(json_command: str | None = None) -> Iterator[None]:
     (removing staged files) and exit 130/143, even where a toolchain swallowed them
     (:func:`edgepack.signals.listen`). With ``json_command`` (``--json``) the failure is also printed as
     the JSON envelope on stdout, with the same exit code."""
-    _warnings_to_stderr()
-    with signals.listen():
+    with _warnings_to_stderr(), signals.listen():
         try:
             yield
         except EdgepackError as exc:

@@ -314,14 +314,14 @@ class _Chain:
 
     def _diverge(self, artifact: Artifact, recipe: Recipe, source: ModelSource, label: str) -> None:
         """Record where ``artifact`` (which failed parity) first differs from ``source``, layer by layer."""
-        from edgepack.divergence import find_divergence
-
         profile = self.result.profile
         self.progress(profile.id, f"locating the divergence of {label}")
         with self.timer.stage("parity"):
             self._find_divergence(artifact, recipe, source, label)
 
     def _find_divergence(self, artifact: Artifact, recipe: Recipe, source: ModelSource, label: str) -> None:
+        from edgepack.divergence import find_divergence
+
         profile = self.result.profile
         try:
             hub = export_onnx(source, self.workdir / "_onnx", dynamic=profile.dynamic_shapes)

@@ -82,7 +82,7 @@ def test_progress_holds_back_the_loading_line_when_the_input_is_bad(tmp_path):
 
 # --- 3. toolchain noise -----------------------------------------------------------------------------------
 
-def test_toolchain_noise_is_filtered_but_edgepack_warnings_stay(monkeypatch):
+def test_toolchain_noise_is_filtered_but_edgepack_warnings_stay(monkeypatch, capsys):
     import logging
     import warnings
 
@@ -100,9 +100,13 @@ def test_toolchain_noise_is_filtered_but_edgepack_warnings_stay(monkeypatch):
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
     assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
     assert not logging.getLogger("coremltools").isEnabledFor(logging.WARNING)
-    cli._warnings_to_stderr()
-    assert logging.getLogger("edgepack").isEnabledFor(logging.WARNING)
-    assert any(getattr(h, "_edgepack_cli", False) for h in logging.getLogger("edgepack").handlers)
+    logger = logging.getLogger("edgepack")
+    handlers = list(logger.handlers)
+    with cli._warnings_to_stderr():
+        assert logger.isEnabledFor(logging.WARNING)
+        logging.getLogger("edgepack.export_cache").warning("cache entry damaged; evicted")
+    assert "edgepack: warning: cache entry damaged; evicted" in capsys.readouterr().err
+    assert logger.handlers == handlers  # one command's handler never outlives it
 
 
 def test_cli_sets_tf_log_level_before_any_command():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgepack import api
+from edgepack.errors import InputError
 from edgepack.exporters.edgetpu import constant_bytes, parse_compiler_log
 
 
@@ -45,10 +46,16 @@ def test_every_digits_op_maps_to_the_tpu(coral):
 
 
 def test_float_recipes_are_refused_for_the_tpu(tmp_path):
-    result = api.export("demo:digits", ["coral-edgetpu"], out=tmp_path, recipe_chain=["int8", "fp32"])
+    # alone, a chain no attempt of which the TPU runs is refused before any work, and nothing is written
+    with pytest.raises(InputError, match="full-integer"):
+        api.export("demo:digits", ["coral-edgetpu"], out=tmp_path / "alone", recipe_chain=["int8", "fp32"])
+    assert not (tmp_path / "alone").exists()
+    # beside a target that runs it, the TPU's entry records each recipe as skipped, with the reason
+    result = api.export("demo:digits", ["coral-edgetpu", "host-ort"], out=tmp_path / "both", recipe_chain=["fp32"])
     entry = result.manifest["targets"]["coral-edgetpu"]
-    assert entry["status"] == "failed"
-    assert all(a["status"] == "skipped" and "full-integer" in a["reason"] for a in entry["attempts"])
+    assert entry["status"] == "failed" and result.manifest["targets"]["host-ort"]["status"] == "ok"
+    assert entry["attempts"] and all(a["status"] == "skipped" and "full-integer" in a["reason"]
+                                     for a in entry["attempts"])
 
 
 def test_compiler_log_parsing():

@@ -112,7 +112,11 @@ def test_fail_on_fallback_fails_a_target_whose_ops_fall_back_to_the_cpu(tmp_path
     factory.write_text(SIN_FACTORY)
     calib = tmp_path / "calib.npz"
     np.savez(calib, image=np.random.default_rng(0).uniform(0, 1, (16, 3, 16, 16)).astype(np.float32))
-    strict = api.export(f"{factory}:build", ["coral-edgetpu"], calib=calib, out=tmp_path / "a", fail_on_fallback=10)
+    # An untrained 4-class head has near-tied logits: int8 flips ~2.5 % of its top-1 on the 200-sample fidelity
+    # set. The gate is not what this test checks, so it is widened to let the placement decide.
+    gate = {"max_drop": 0.1}
+    strict = api.export(f"{factory}:build", ["coral-edgetpu"], calib=calib, out=tmp_path / "a", fail_on_fallback=10,
+                        **gate)
     entry = strict.manifest["targets"]["coral-edgetpu"]
     tpu = entry["placement"]["accelerators"][0]
     total, first = entry["placement"]["total_ops"], tpu["first_fallback_index"]
@@ -123,5 +127,6 @@ def test_fail_on_fallback_fails_a_target_whose_ops_fall_back_to_the_cpu(tmp_path
     assert entry["status"] == "failed" and "fall back to the CPU" in entry["error"] and "--fail-on-fallback 10" in entry["error"]
     assert entry["artifact"] is not None and not strict.ok
     # The same export under a looser limit is a cache hit: the limit is judged on the recorded placement.
-    loose = api.export(f"{factory}:build", ["coral-edgetpu"], calib=calib, out=tmp_path / "b", fail_on_fallback=100)
+    loose = api.export(f"{factory}:build", ["coral-edgetpu"], calib=calib, out=tmp_path / "b", fail_on_fallback=100,
+                       **gate)
     assert loose.cached == ["coral-edgetpu"] and loose.ok
