@@ -34,6 +34,7 @@ from edgepack.data.metric_function import MetricFunction, is_metric_function, lo
 from edgepack.exporters.onnx import export_onnx
 from edgepack.errors import DataError, EdgepackError, InputError, OutputError, environment_failure
 from edgepack.export_cache import ExportCache, default_cache_dir, target_key
+from edgepack.models.in_memory import is_torch_module, source_from_module
 from edgepack.models.input_spec import parse_input_spec
 from edgepack.models.loaders import load_source
 from edgepack.models.reference import reference_predictor
@@ -173,8 +174,22 @@ def _load_data(path: str | Path | None, source: ModelSource, builtin: str, *, la
     return load_dataset(path, source.inputs, require_labels=labels)
 
 
+def _as_source(source: Any, weights: str | Path | None, specs: list[TensorSpec], random_weights: bool) -> ModelSource:
+    """A loaded source: as given, built around an in-memory ``torch.nn.Module``, or loaded from its string."""
+    if isinstance(source, ModelSource):
+        return source
+    if is_torch_module(source):
+        if weights is not None or random_weights:
+            raise InputError("weights/random_weights apply to named sources; load weights into the module first")
+        return source_from_module(source, specs)
+    if not isinstance(source, (str, Path)):
+        raise InputError(f"cannot export a {type(source).__name__}: give a source string, a ModelSource or a "
+                         "torch.nn.Module")
+    return load_source(str(source), weights=weights, inputs=specs, random_weights=random_weights)
+
+
 def export(
-    source: str | ModelSource,
+    source: str | ModelSource | Any,
     targets: Sequence[str],
     *,
     calib: str | Path | None = None,
@@ -207,6 +222,8 @@ def export(
     ``eval_data`` is labelled ``.npz`` data, an ImageFolder-style directory, or ``FILE.py:function`` /
     ``package.module:function`` scoring a predictor (:mod:`edgepack.data.metric_function`); ``metric`` picks
     the built-in metric (``auto``, ``top1``, ``top5``..., ``cosine``).
+    ``source`` is a source string (``torchvision:NAME``, ``file.py:factory``, ``model.onnx``...), a loaded
+    :class:`ModelSource`, or an in-memory ``torch.nn.Module`` (then ``inputs`` must name its inputs).
     ``torchvision:``/``timm:`` sources load their pretrained weights (``EDGEPACK_OFFLINE=1``: from the local
     cache only) unless ``weights`` names a file or ``random_weights`` exports the untrained architecture.
     ``train_data`` / ``train_step`` feed passes that train (QAT, distillation, pruning fine-tune);
@@ -243,7 +260,7 @@ def export(
     baked_dir: Path | None = None
     started = time.perf_counter()
     progress("source", "loading")
-    model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs, random_weights=random_weights)
+    model = _as_source(source, weights, specs, random_weights)
     if bake_preprocess:  # uint8 NHWC in, preprocessing in the graph, for every target (edgepack.models.bake)
         from edgepack.models.bake import bake_preprocess as bake
 
@@ -539,7 +556,7 @@ def _target_payload(result: TargetResult, reports_root: Path) -> tuple[dict[str,
 
 
 def check(
-    source: str | ModelSource,
+    source: str | ModelSource | Any,
     target: str,
     *,
     weights: str | Path | None = None,
@@ -558,7 +575,7 @@ def check(
 
     profile = (registry or load_registry()).get(target)
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
-    model = source if isinstance(source, ModelSource) else load_source(source, weights=weights, inputs=specs, random_weights=random_weights)
+    model = _as_source(source, weights, specs, random_weights)
     scratch = Path(tempfile.mkdtemp(prefix="edgepack-check-"))
     try:
         hub = export_onnx(model, scratch / "_onnx", dynamic=profile.dynamic_shapes)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from edgepack import signals
+from edgepack._native_stderr import filtered_native_stderr
 from edgepack.errors import EdgepackError, InputError, Terminated
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -79,6 +80,10 @@ def _plain_metavars() -> None:
 _plain_metavars()
 
 
+_VERBOSE = False
+"""``edgepack -v``: native toolchain chatter is forwarded too (:mod:`edgepack._native_stderr`)."""
+
+
 def _quiet_toolchains() -> None:
     """Silence the toolchains' start-up chatter (TensorFlow/absl INFO lines, coremltools' version warnings,
     scikit-learn warnings) in this process; environment variables reach the converter subprocesses too.
@@ -114,8 +119,12 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
                                           callback=_version)] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show the toolchains' native start-up "
+                                          "log lines (hidden by default).")] = False,
 ) -> None:
     """Compress, export, verify and bundle one trained model for many edge targets."""
+    global _VERBOSE
+    _VERBOSE = verbose
     _quiet_toolchains()
 
 
@@ -156,7 +165,7 @@ def _user_errors(json_command: str | None = None) -> Iterator[None]:
     (removing staged files) and exit 130/143, even where a toolchain swallowed them
     (:func:`edgepack.signals.listen`). With ``json_command`` (``--json``) the failure is also printed as
     the JSON envelope on stdout, with the same exit code."""
-    with _warnings_to_stderr(), signals.listen():
+    with _warnings_to_stderr(), filtered_native_stderr(verbose=_VERBOSE), signals.listen():
         try:
             yield
         except EdgepackError as exc:
@@ -621,17 +630,21 @@ def keygen(path: Annotated[Path, typer.Argument(metavar="PATH", help="Where to w
     print(f"private key: {private} (keep it secret)\npublic key:  {public}")
 
 
-def _throughput(p50: float | None) -> float | None:
-    """Inferences per second at batch 1: 1000 / p50 ms."""
-    return round(1000.0 / p50, 2) if p50 else None
+def _batch(result: Any) -> int:
+    return int((result.config or {}).get("batch", 1))
+
+
+def _throughput(result: Any) -> float | None:
+    """Samples per second: batch x 1000 / p50 ms."""
+    return round(_batch(result) * 1000.0 / result.p50, 2) if result.p50 else None
 
 
 def _bench_summary(result: Any, raw: bool) -> dict[str, Any]:
     data = result.to_dict()
     if not raw:
         data.pop("latencies_ms", None)
-    data["throughput_ips"] = _throughput(result.p50)
-    data["throughput_basis"] = "1000 / p50 ms, batch 1"
+    data["throughput_ips"] = _throughput(result)
+    data["throughput_basis"] = f"batch x 1000 / p50 ms, batch {_batch(result)}"
     return data
 
 
@@ -644,6 +657,7 @@ def bench(
     iterations: Annotated[int, typer.Option(help="Minimum timed iterations.")] = 100,
     seconds: Annotated[float, typer.Option(help="Minimum timed seconds.")] = 2.0,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads (default: the runtime's).")] = None,
+    batch: Annotated[int, typer.Option(metavar="N", help="Samples per inference (artifacts with a dynamic batch; throughput counts samples).")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output: a summary per target.")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="With --json: also every timed latency (latencies_ms).")] = False,
     db: Annotated[Optional[str], typer.Option("--db", metavar="URL", help="Also store the results in this farm database (sqlite:///PATH or postgresql://...).")] = None,
@@ -662,7 +676,8 @@ def bench(
 
             targets = _canonical(load_registry(), targets)
         with _progress(not as_json or not sys.stderr.isatty(), targets) as progress:
-            config = BenchConfig(min_iters=iterations, min_seconds=seconds, threads=threads, accelerator=accelerator)
+            config = BenchConfig(min_iters=iterations, min_seconds=seconds, threads=threads, accelerator=accelerator,
+                                 batch=batch)
             results = []
             for one in targets or [None]:
                 results.extend(bench_bundle(bundle, one, runner, config, progress=progress, public_key=pub))
@@ -683,13 +698,13 @@ def bench(
         p50 = f"{r.p50:.3f}" + (f" ({r.ci95_p50[0]:.3f}-{r.ci95_p50[1]:.3f})" if r.ci95_p50 is not None else "")
         p90 = f"{r.p90:.3f}" if r.p90 is not None else "n/a"
         p99 = f"{r.p99:.3f} ({r.ci95_p99[0]:.3f}-{r.ci95_p99[1]:.3f})" if r.p99 is not None and r.ci95_p99 else "n/a"
-        ips = _throughput(r.p50)
+        ips = _throughput(r)
         rows.append([escape(r.target), r.precision, p50, p90, p99, f"{ips:.1f}" if ips else "n/a", cold, memory, energy])
     console = _console()
     _print_rows(console, escape(f"{bundle} on {runner}"),
-                ["target", "precision", "p50 ms (95% CI)", "p90", "p99 (95% CI)", "inf/s (batch 1)", "cold start",
-                 "peak MB", "energy"], rows)
-    console.print("inf/s = 1000 / p50 ms at batch 1")
+                ["target", "precision", "p50 ms (95% CI)", "p90", "p99 (95% CI)", f"samples/s (batch {batch})",
+                 "cold start", "peak MB", "energy"], rows)
+    console.print(f"samples/s = {batch} x 1000 / p50 ms (p50 of one call with a batch of {batch})")
     for reason in sorted({r.energy_reason for r in results if r.energy_reason}):
         console.print(f"* energy not measurable here: {reason}", markup=False)
     for reason in sorted({r.percentiles_reason for r in results if r.percentiles_reason}):

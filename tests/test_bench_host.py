@@ -259,6 +259,10 @@ def test_export_bench_host_puts_the_summary_in_the_manifest(tmp_path: Path) -> N
     assert jetson["measured"] is False and jetson["reason"].startswith("not runnable here")
     assert read_manifest(result.bundle)["targets"]["host-ort"]["bench"]["p50"] == host["p50"]
     assert api.verify(result.bundle).files_checked > 0
+    # the model card's absolute latency is this bench's p50, never the gate's interleaved wall time
+    card = (result.bundle / "MODEL_CARD.md").read_text()
+    assert f"p50 {host['p50']:.4f} ms, p95 {host['p95']:.4f} ms (host, {host['clock']} clock)" in card
+    assert "not measured (not runnable here" in card
 
 
 def test_export_bench_with_a_bad_runner_fails_before_any_work(tmp_path: Path) -> None:

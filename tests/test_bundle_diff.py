@@ -121,6 +121,25 @@ def test_latency_and_placement_changes_are_reported(bundles):
     assert result.breaking == []
 
 
+def test_gate_values_are_compared_only_under_the_same_metric(bundles):
+    old, _ = bundles
+    base = read_manifest(old)
+    gate = base["targets"]["jetson-orin"]["gate"]
+    same = copy.deepcopy(base)
+    same["targets"]["jetson-orin"]["gate"].update(value=gate["value"] - 0.02, drop=(gate["drop"] or 0) + 0.02)
+    accuracy = _changes(diff_manifests(base, same), "jetson-orin", "accuracy")
+    label = f"{gate['metric']} ({gate['kind']})"
+    assert set(accuracy) == {label, "drop vs fp32"} and accuracy[label].new == pytest.approx(gate["value"] - 0.02)
+    # a labelled top-1 against a top-1 agreement with fp32: reported as a change of metric, no delta between them
+    swapped = ("top1_agreement_vs_fp32", "fidelity") if gate["kind"] == "accuracy" else ("top1", "accuracy")
+    other = copy.deepcopy(base)
+    other["targets"]["jetson-orin"]["gate"].update(metric=swapped[0], kind=swapped[1], value=0.9722, drop=0.0)
+    accuracy = _changes(diff_manifests(base, other), "jetson-orin", "accuracy")
+    assert set(accuracy) == {"metric (values not comparable)"}
+    change = accuracy["metric (values not comparable)"]
+    assert change.old == f"{label} {gate['value']:.4f}" and change.new == f"{swapped[0]} ({swapped[1]}) 0.9722"
+
+
 def test_cli_exit_codes_on_edited_bundle(bundles, tmp_path):
     old, _ = bundles
     copy_ = tmp_path / "edited.edgepack"

@@ -109,6 +109,31 @@ def test_toolchain_noise_is_filtered_but_edgepack_warnings_stay(monkeypatch, cap
     assert logger.handlers == handlers  # one command's handler never outlives it
 
 
+def test_native_start_up_lines_are_dropped_and_everything_else_reaches_stderr(capfd):
+    from edgepack._native_stderr import filtered_native_stderr
+
+    noise = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             b"I0000 00:00:1796484514.272659   15824 port.cc:153] oneDNN custom operations are on. ...\n")
+    with filtered_native_stderr() as dropped:
+        os.write(2, noise + b"E0000 00:00:1.0 1 op.cc:9] a real native error\n")
+        os.write(2, b"partial line without newline")
+        print("python-level line", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "oneDNN" not in err and "InitializeLog" not in err and len(dropped) == 2
+    assert "a real native error" in err and "partial line without newline" in err and "python-level line" in err
+    with filtered_native_stderr(verbose=True) as dropped:  # edgepack -v: nothing is hidden
+        os.write(2, noise)
+    assert "oneDNN custom operations" in capfd.readouterr().err and dropped == []
+
+
+def test_a_core_ml_export_prints_no_tensorflow_start_up_lines(tmp_path):
+    """coremltools imports TensorFlow in the edgepack process; its C++ INFO lines used to reach the terminal."""
+    proc = run("export", "demo:digits", "-t", "iphone-15-pro", "--recipe", "fp32", "-o", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "I0000" not in proc.stderr and "InitializeLog" not in proc.stderr, proc.stderr
+    assert "iphone-15-pro: ok, fp32" in proc.stderr
+
+
 def test_cli_sets_tf_log_level_before_any_command():
     proc = subprocess.run([sys.executable, "-c", "import os, sys; sys.argv = ['edgepack', 'targets', 'list', '--json'];"
                            "from edgepack import cli\ntry:\n    cli.main()\nexcept SystemExit: pass\n"
@@ -165,7 +190,32 @@ def test_bench_reports_throughput_and_raw_on_request(exported):
     raw = run("bench", bundle, "-t", "host-ort", "--iterations", "20", "--seconds", "0.2", "--json", "--raw")
     assert len(json.loads(raw.stdout)["result"][0]["latencies_ms"]) >= 20
     table = run("bench", bundle, "-t", "host-ort", "--iterations", "20", "--seconds", "0.2")
-    assert "inf/s" in table.stdout
+    assert "samples/s (batch 1)" in table.stdout and "samples/s = 1 x 1000 / p50 ms" in table.stdout
+    # --batch N: every call carries N samples, and throughput counts samples
+    batched = run("bench", bundle, "-t", "host-ort", "--iterations", "20", "--seconds", "0.2", "--batch", "8", "--json")
+    assert batched.returncode == 0, batched.stderr
+    result = json.loads(batched.stdout)["result"][0]
+    assert result["config"]["batch"] == 8 and result["throughput_basis"].endswith("batch 8")
+    assert result["throughput_ips"] == pytest.approx(8 * 1000 / result["p50"], rel=1e-3)
+
+
+def test_bench_batch_is_refused_for_a_static_batch_and_for_device_tools(exported):
+    from dataclasses import replace
+
+    from edgepack.bundle.writer import read_manifest
+    from edgepack.device_bench.bench import artifact_from_manifest, bench_inputs
+    from edgepack.errors import InputError
+
+    out, _ = exported
+    bundle = out / "digits-cnn.edgepack"
+    artifact = artifact_from_manifest(bundle, "host-ort")
+    manifest = read_manifest(bundle)
+    assert [s.shape for s in bench_inputs(manifest, artifact, 4)] == [(4, 1, 8, 8)]
+    static = replace(artifact, inputs=tuple(s.with_static_shape(1) for s in artifact.inputs))
+    with pytest.raises(InputError, match="--batch 4: input 'image' has a static shape 1x1x8x8"):
+        bench_inputs(manifest, static, 4)
+    proc = run("bench", str(bundle), "--runner", "adb://emulator-5554", "--batch", "4")
+    assert proc.returncode == 2 and "the adb runner feeds each artifact its own input shapes" in proc.stderr
 
 
 # --- 5. one --json envelope -------------------------------------------------------------------------------

@@ -38,7 +38,9 @@ def test_card_carries_manifest_facts(manifest):
     if latency is None:  # the fp32 fallback won: nothing to compare against
         assert "| `host-ort` | every op on the CPU (no accelerator op table) | not measured (" in card
     else:
-        assert f"{latency['candidate_ms']} vs {latency['baseline_ms']} fp32 (speedup {latency['speedup']}" in card
+        assert (f"| {latency['speedup']}x fp32 ({latency['candidate_ms']} vs {latency['baseline_ms']} ms wall per "
+                "call, interleaved") in card
+    assert "| not benchmarked (`edgepack bench`) |" in card  # no --bench: no absolute latency is claimed
     placement = manifest["targets"]["jetson-orin"]["placement"]
     for acc in placement["accelerators"]:
         assert f"{acc['accelerator']}: {acc['supported']}/{placement['total_ops']} ops" in card

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from edgepack import api
 from edgepack.bundle.writer import read_manifest
@@ -114,6 +115,25 @@ def test_python_package_layout_and_requirements(digits_bundle, tmp_path):
         assert f"{dist}=={manifest['targets'][target]['toolchain'][dist]}" in requirements
     marker = json.loads(files[MARKER])
     assert marker["platform"] == "python" and marker["files"]["digits_cnn_runner.py"]
+
+
+def test_python_package_runs_the_jetson_qdq_onnx_as_edgepack_checked_it(tmp_path):
+    """``package -p python`` takes the TensorRT-bound QDQ ONNX it validated itself (issue 18, item 14): the
+    runner uses ONNX Runtime, as edgepack's parity check did, and the README says where the engine is built."""
+    bundle = api.export("demo:digits", ["jetson-orin"], out=tmp_path / "b").bundle
+    entry = read_manifest(bundle)["targets"]["jetson-orin"]
+    assert entry["artifact"]["format"] == "onnx-qdq"
+    done = CliRunner().invoke(app, ["package", str(bundle), "-p", "python", "-o", str(tmp_path / "py")])
+    assert done.exit_code == 0, done.output
+    module = _import(tmp_path / "py" / "digits_cnn_runner.py")
+    assert module.TARGETS["jetson-orin"]["runtime"] == "onnxruntime"
+    raw = _digits_raw()
+    got = module.DigitsCnnRunner("jetson-orin").run({"image": raw})
+    predictor = _host_predictor(bundle, "jetson-orin")  # a static batch of 1 (DLA-compatible build)
+    want = np.concatenate([predictor({"image": raw[i : i + 1] * np.float32(0.0625)})["logits"] for i in range(len(raw))])
+    np.testing.assert_array_equal(got["logits"], want)
+    readme = (tmp_path / "py" / "README.md").read_text()
+    assert "here ONNX\nRuntime runs the same graph" in readme and "models/jetson-orin/build_engine.sh" in readme
 
 
 # --------------------------------------------------------------------------------------------------

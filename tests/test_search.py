@@ -335,3 +335,31 @@ def test_cli_search_openvino_json(tmp_path):
     recipe = load_recipe_file(Path(report["chosen_recipe"]))
     assert get_exporter("openvino").supports(recipe) is None
     assert Path(report["outputs"]["plot"]).is_file() and report["store_run"] is not None
+
+
+def test_front_plot_numbers_never_overlap_and_the_key_names_every_trial():
+    """front.png used to print each trial's label at its point; close points' labels overlapped (issue 18)."""
+    from types import SimpleNamespace
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgepack.search.report import _number_points
+
+    rng = random.Random(0)
+    trials = [SimpleNamespace(latency_ms=0.03 + rng.random() * 1e-3, drop=0.01 + rng.random() * 1e-3,
+                              label=f"int8 method=entropy variant {i}") for i in range(12)]
+    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=110)
+    try:
+        axes.scatter([t.latency_ms for t in trials], [t.drop for t in trials])
+        placed = _number_points(figure, axes, trials)
+        renderer = figure.canvas.get_renderer()
+        boxes = [text.get_window_extent(renderer) for text in placed]
+        assert len(placed) >= 8  # ten candidate spots around a cluster of twelve near-identical points
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        key = "\n".join(text.get_text() for text in figure.texts)
+        assert all(f"{n:>2}  {t.label}" in key for n, t in enumerate(trials, start=1))
+    finally:
+        plt.close(figure)

@@ -181,6 +181,29 @@ def _compare(target: str, aspect: str, pairs: list[tuple[str, Any, Any]]) -> lis
     return [Change(target, aspect, item, a, b) for item, a, b in pairs if a != b]
 
 
+def _metric_name(gate: Mapping[str, Any]) -> str | None:
+    metric = gate.get("metric")
+    return f"{metric} ({gate['kind']})" if metric and gate.get("kind") else metric
+
+
+def _accuracy(target: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    """Gate values compared only when both bundles measured the same metric: a labelled top-1 and a top-1
+    agreement with fp32 (fidelity) are different quantities, so a change of metric is reported as such, with
+    each value next to its own metric, and no delta is computed across them."""
+    old_metric, new_metric = _metric_name(old), _metric_name(new)
+    passed = [("gate passed", old.get("passed"), new.get("passed"))]
+    if old and new and old_metric != new_metric:
+        return [Change(target, "accuracy", "metric (values not comparable)",
+                       f"{old_metric} {_short(old.get('value'))}", f"{new_metric} {_short(new.get('value'))}")
+                ] + _compare(target, "accuracy", passed)
+    return _compare(target, "accuracy", [(new_metric or old_metric or "metric", old.get("value"), new.get("value")),
+                                         ("drop vs fp32", old.get("drop"), new.get("drop")), *passed])
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _latency(entry: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for attempt in entry.get("attempts") or []:
         if attempt.get("recipe") == entry.get("recipe") and attempt.get("status") == "passed":
@@ -208,10 +231,7 @@ def _target(target: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list
                                              ("converter", oa.get("converter"), na.get("converter")),
                                              ("sha256", oa.get("sha256"), na.get("sha256"))])
     changes += _compare(target, "size", [("bytes", oa.get("bytes"), na.get("bytes"))])
-    changes += _compare(target, "accuracy", [(f"{_get(new, 'gate', 'metric') or 'metric'}",
-                                              _get(old, "gate", "value"), _get(new, "gate", "value")),
-                                             ("drop vs fp32", _get(old, "gate", "drop"), _get(new, "gate", "drop")),
-                                             ("gate passed", _get(old, "gate", "passed"), _get(new, "gate", "passed"))])
+    changes += _accuracy(target, old.get("gate") or {}, new.get("gate") or {})
     changes += _compare(target, "parity", [(k, _get(old, "parity", k), _get(new, "parity", k))
                                            for k in ("min_cosine", "max_rel_error", "top1_agreement", "passed")])
     ol, nl = _latency(old) or {}, _latency(new) or {}

@@ -68,13 +68,26 @@ def _placement(placement: Mapping[str, Any] | None) -> str:
     return "; ".join(f"{a.get('accelerator')}: {a.get('supported')}/{total} ops" for a in placement.get("accelerators", ()))
 
 
-def _latency(attempts: list[Mapping[str, Any]], recipe: str | None) -> str:
+def _speed_vs_fp32(attempts: list[Mapping[str, Any]], recipe: str | None) -> str:
+    """The gate's interleaved speed check: a ratio against the same runtime's fp32 artifact. Its milliseconds
+    are wall time per Python predictor call with the fp32 model alternating on the same cores, so they are
+    larger than ``edgepack bench``'s p50 (warm, one model, the runtime's own clock where it has one)."""
     chosen = next((a for a in attempts if a.get("recipe") == recipe and a.get("status") == "passed"), None)
     latency = (chosen or {}).get("latency_vs_fp32")
     if not latency:
         return f"not measured ({(chosen or {}).get('reason', 'no passing attempt')})"
-    return (f"{latency['candidate_ms']} vs {latency['baseline_ms']} fp32 "
-            f"(speedup {latency['speedup']}, {latency.get('rounds')} rounds)")
+    return (f"{latency['speedup']}x fp32 ({latency['candidate_ms']} vs {latency['baseline_ms']} ms wall per call, "
+            f"interleaved, {latency.get('rounds')} rounds)")
+
+
+def _bench_p50(bench: Mapping[str, Any] | None) -> str:
+    """``edgepack bench``'s absolute latency when the export ran it (``--bench``), else how to get it."""
+    if not bench:
+        return "not benchmarked (`edgepack bench`)"
+    if not bench.get("measured"):
+        return f"not measured ({bench.get('reason')})"
+    clock = bench.get("clock", "wall")
+    return f"p50 {_fmt(bench.get('p50'))} ms, p95 {_fmt(bench.get('p95'))} ms ({bench.get('runner')}, {clock} clock)"
 
 
 def _row(target_id: str, entry: Mapping[str, Any]) -> dict[str, str]:
@@ -97,7 +110,8 @@ def _row(target_id: str, entry: Mapping[str, Any]) -> dict[str, str]:
         "parity": _parity(entry.get("parity")),
         "gate": _gate(gate),
         "placement": _placement(entry.get("placement")),
-        "latency": _latency(entry.get("attempts") or [], entry.get("recipe")),
+        "speed": _speed_vs_fp32(entry.get("attempts") or [], entry.get("recipe")),
+        "bench": _bench_p50(entry.get("bench")),
         "toolchain": ", ".join(f"{k} {v}" for k, v in sorted((entry.get("toolchain") or {}).items())) or MISSING,
         "pins": ", ".join(f"{k}{v}" for k, v in sorted((entry.get("toolchain_pins") or {}).items())) or MISSING,
     }

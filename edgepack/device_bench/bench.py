@@ -50,8 +50,12 @@ def artifact_from_manifest(bundle: Path, target: str, manifest: Mapping[str, Any
     )
 
 
-def bench_inputs(manifest: Mapping[str, Any], artifact: Artifact) -> tuple[TensorSpec, ...]:
-    """Specs of what ``artifact``'s predictor takes, at batch 1.
+def bench_inputs(manifest: Mapping[str, Any], artifact: Artifact, batch: int = 1) -> tuple[TensorSpec, ...]:
+    """Specs of what ``artifact``'s predictor takes, at ``batch`` (symbolic dims set to it).
+
+    A ``batch`` above 1 needs a symbolic first dim on every input: an artifact built for a static batch
+    (e.g. a DLA engine, a TFLite model with a fixed batch of 1) is refused with one line rather than measured
+    at a batch it was not built for.
 
     Predictors take the source's names and layout. Most artifacts keep them, so their own input specs
     are used; artifacts that rename or transpose their inputs (``settings["input_map"]``, TFLite) are fed
@@ -63,7 +67,14 @@ def bench_inputs(manifest: Mapping[str, Any], artifact: Artifact) -> tuple[Tenso
             raise InputError(f"target '{artifact.target_id}': the manifest has no source input specs to feed")
     else:
         specs = list(artifact.inputs)
-    return tuple(s.with_static_shape(1) for s in specs)
+    if batch > 1:
+        fixed = [s for s in artifact.inputs if not s.shape or isinstance(s.shape[0], int)]
+        if fixed:
+            raise InputError(f"target '{artifact.target_id}': --batch {batch}: input '{fixed[0].name}' has a static "
+                             f"shape {fixed[0].shape_str()}",
+                             hint="bench it at --batch 1, or export with a dynamic batch (a target whose profile "
+                                  "keeps dynamic shapes)")
+    return tuple(s.with_static_shape(batch) for s in specs)
 
 
 def bench_bundle(
@@ -92,11 +103,15 @@ def bench_bundle(
             if not names:
                 raise InputError(f"{bundle}: no target in this bundle has an artifact")
         artifacts = [artifact_from_manifest(opened.root, name, manifest) for name in names]
+        if config.batch > 1 and not runner.feeds_input_specs:
+            raise InputError(f"--batch {config.batch}: the {runner.scheme} runner feeds each artifact its own "
+                             "input shapes", hint="measure batches on the host or over ssh")
+        specs = {a.target_id: bench_inputs(manifest, a, config.batch) for a in artifacts}  # refusals before any run
         results = []
         for artifact in artifacts:
             progress(artifact.target_id, f"measuring on {runner_uri}")
             try:
-                results.append(runner.run(artifact, config, inputs=bench_inputs(manifest, artifact)))
+                results.append(runner.run(artifact, config, inputs=specs[artifact.target_id]))
             except EdgepackError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a runtime that cannot load the artifact is one line

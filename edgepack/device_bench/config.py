@@ -60,6 +60,9 @@ class BenchConfig:
     """Wall-clock bound of one artifact's run (load, measurement and sustained phase)."""
     seed: int = 0
     """Seed of the synthetic inputs built from the artifact's input specs."""
+    batch: int = 1
+    """Samples per inference: the size given to every input's batch (symbolic first) dimension; artifacts
+    with a static batch are measured at that batch only (:func:`edgepack.device_bench.bench.bench_inputs`)."""
 
     def __post_init__(self) -> None:
         if not (self.warmup == "auto" or (isinstance(self.warmup, int) and not isinstance(self.warmup, bool))):
@@ -70,6 +73,7 @@ class BenchConfig:
             ("min_seconds", self.min_seconds, 0),
             ("sustained_seconds", self.sustained_seconds, 0),
             ("max_iters", self.max_iters, 1),
+            ("batch", self.batch, 1),
             ("timeout_s", self.timeout_s, 0),
         )
         for name, value, lowest in checks:

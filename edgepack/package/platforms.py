@@ -219,6 +219,7 @@ def build_ios(bundle: Bundle, target: str | None) -> Deliverable:
 PYTHON_RUNTIMES: dict[str, tuple[str, str]] = {
     # artifact format: (runner runtime key, distribution whose recorded version is pinned)
     "onnx": ("onnxruntime", "onnxruntime"),
+    "onnx-qdq": ("onnxruntime", "onnxruntime"),  # a TensorRT-bound QDQ graph: ONNX Runtime runs it as edgepack checked it
     "openvino-ir": ("openvino", "openvino"),
     "tflite": ("litert", "ai-edge-litert"),
 }
@@ -305,11 +306,14 @@ def build_python(bundle: Bundle, target: str | None) -> Deliverable:
             "precision": artifact["precision"],
             "signature": (artifact.get("settings") or {}).get("signature"),
             "static_batch": _static_batch(artifact),
+            "simulate_quantization": artifact["format"] == "onnx-qdq",
             "input_map": _io_map(artifact, source.get("inputs", []), "input"),
             "output_map": _io_map(artifact, source.get("outputs", []), "output"),
         }
         rows.append({"id": target_id, "runtime": runtime, "files": sorted(copies), "precision": artifact["precision"],
-                     "requirement": requirement})
+                     "requirement": requirement, "format": artifact["format"],
+                     "device_runtime": (entry.get("profile") or {}).get("runtime"),
+                     "engine_script": next((f for f in sorted(copies) if f.endswith("/build_engine.sh")), None)})
     views = [context.tensor(s) for s in source.get("inputs", ())]
     values = {
         "names": names, "bundle_hash": bundle.sha256, "source": source, "inputs": views,
@@ -327,6 +331,6 @@ def build_python(bundle: Bundle, target: str | None) -> Deliverable:
 PLATFORMS: dict[str, Platform] = {
     "android": Platform("android", ("tflite",), "export to an Android target, e.g. --target android-pixel8", build_android),
     "ios": Platform("ios", ("mlpackage",), "export to a Core ML target, e.g. --target iphone-15-pro", build_ios),
-    "python": Platform("python", ("onnx", "openvino-ir", "tflite"),
+    "python": Platform("python", tuple(PYTHON_RUNTIMES),
                        "export to a host target, e.g. --target host-ort", build_python),
 }

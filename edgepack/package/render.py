@@ -41,7 +41,7 @@ SNIPPETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # snippet path under snippets/: (template, platform the target must serve, artifact formats)
     "kotlin/Run.kt": ("snippets/run.kt.j2", "android", ("tflite",)),
     "swift/Run.swift": ("snippets/run.swift.j2", "ios", ("mlpackage",)),
-    "python/run.py": ("snippets/run.py.j2", "python", ("onnx", "openvino-ir", "tflite")),
+    "python/run.py": ("snippets/run.py.j2", "python", ("onnx", "onnx-qdq", "openvino-ir", "tflite")),
 }
 
 

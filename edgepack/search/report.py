@@ -61,7 +61,8 @@ def plot_front(result: "SearchResult", path: Path) -> Path:
 
     measured = [t for t in result.final if t.measured]
     front = {id(t) for t in result.front}
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=110)
+    figure.subplots_adjust(right=0.66)  # the key of numbered points goes right of the axes
     try:
         if measured:
             largest = max(t.size_bytes or 1 for t in measured)
@@ -71,8 +72,7 @@ def plot_front(result: "SearchResult", path: Path) -> Path:
                     axes.scatter([t.latency_ms for t in points], [t.drop for t in points], c=colour, label=label,
                                  s=[30 + 270 * (t.size_bytes or 0) / largest for t in points], alpha=0.8,
                                  edgecolors="black", linewidths=0.5)
-            for t in measured:
-                axes.annotate(t.label, (t.latency_ms, t.drop), fontsize=6, xytext=(4, 3), textcoords="offset points")
+            _number_points(figure, axes, measured)
             if result.default.measured:
                 axes.scatter([result.default.latency_ms], [result.default.drop], marker="s", facecolors="none",
                              edgecolors="#d62728", s=160, label="profile default")
@@ -88,13 +88,38 @@ def plot_front(result: "SearchResult", path: Path) -> Path:
         axes.grid(alpha=0.3)
         if measured:
             axes.legend(fontsize=7, loc="best")
-        figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         write_atomic(path, buffer.getvalue())
     finally:
         plt.close(figure)
     return path
+
+
+LABEL_OFFSETS = ((4, 3), (4, -9), (-10, 3), (-10, -9), (4, 10), (-10, 10), (4, -16), (-10, -16), (12, -3), (-18, -3))
+"""Where a point's number may go (offset points), tried in order until it overlaps no number already placed."""
+
+
+def _number_points(figure: Any, axes: Any, trials: list[Any]) -> list[Any]:
+    """Number each point (1..n) at the first free offset of :data:`LABEL_OFFSETS` and list ``n: label`` right
+    of the axes, so labels never overlap however close the points are (a number with no free spot is left
+    off the plot; the key still names it). Returns the placed number annotations."""
+    renderer = figure.canvas.get_renderer()
+    placed: list[Any] = []
+    boxes: list[Any] = []
+    for number, trial in enumerate(trials, start=1):
+        for offset in LABEL_OFFSETS:
+            text = axes.annotate(str(number), (trial.latency_ms, trial.drop), fontsize=6, xytext=offset,
+                                 textcoords="offset points")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in boxes):
+                placed.append(text)
+                boxes.append(box)
+                break
+            text.remove()
+    key = "\n".join(f"{n:>2}  {t.label}" for n, t in enumerate(trials, start=1))
+    figure.text(0.68, 0.95, key, fontsize=6, family="monospace", va="top", ha="left")
+    return placed
 
 
 def _cell(value: Any, fmt: str) -> str:

@@ -585,6 +585,8 @@ def _whole(uri: str, name: str, value: str, lowest: int) -> int:
 class AdbRunner(Runner):
     """Benchmarks ``.tflite`` artifacts on an Android phone with benchmark_model."""
 
+    feeds_input_specs = False  # the device tool feeds the artifact's own input shapes
+
     scheme = "adb"
     option_names = ("adb", "benchmark_model", "remote_dir", "lib_dir", "sysfs", "idle_ms", "sample_ms", "harness")
 

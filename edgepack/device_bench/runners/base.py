@@ -46,6 +46,9 @@ class Runner(ABC):
     scheme: ClassVar[str]
     option_names: ClassVar[tuple[str, ...]] = ()
     """Options the runner accepts (in the URI query or as keyword options)."""
+    feeds_input_specs: ClassVar[bool] = True
+    """Whether the runner builds its inputs from the ``inputs`` specs it is given (so ``BenchConfig.batch``
+    applies); a runner whose device tool feeds the artifact's own shapes sets False."""
 
     @classmethod
     @abstractmethod

@@ -334,6 +334,8 @@ def _stage(harness: Path, artifact: Artifact, harness_settings: Mapping[str, Any
 class IosRunner(Runner):
     """Benchmarks ``.mlpackage`` artifacts on an Apple device through ``ios_harness`` (macOS + Xcode)."""
 
+    feeds_input_specs = False  # the device tool feeds the artifact's own input shapes
+
     scheme = "ios"
     option_names = ("team", "harness")
 
