@@ -8,7 +8,7 @@ scratch file for the duration of a command and forwards every line of it to the 
 noise (:data:`NOISE`); Python's own ``sys.stderr`` (progress, warnings, errors) keeps writing to the terminal
 directly, so TTY detection and colours are unchanged.
 
-A file, not a pipe: a writer can never block on it (a C++ logger holding the GIL would deadlock on a full
+A nameless file (``O_TMPFILE``), not a pipe: a writer can never block on it (a C++ logger holding the GIL would deadlock on a full
 pipe whose reader is a Python thread). Forwarded lines can lag by up to :data:`POLL_S`.
 """
 
@@ -21,6 +21,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import BinaryIO
 
 NOISE = re.compile(
     rb"^(I\d{4} \S+ +\d+ \S+:\d+\] "  # absl/glog INFO lines (oneDNN is on, no CUDA driver, ...)
@@ -33,14 +34,14 @@ POLL_S = 0.05
 
 
 class _Forwarder(threading.Thread):
-    def __init__(self, path: str, target_fd: int, verbose: bool) -> None:
+    def __init__(self, source: BinaryIO, target_fd: int, verbose: bool) -> None:
         super().__init__(name="edgepack-native-stderr", daemon=True)
-        self.path, self.target_fd, self.verbose = path, target_fd, verbose
+        self.source, self.target_fd, self.verbose = source, target_fd, verbose
         self.done = threading.Event()
         self.dropped: list[bytes] = []
 
     def run(self) -> None:
-        with open(self.path, "rb") as source:
+        with self.source as source:
             pending = b""
             while True:
                 finished = self.done.is_set()
@@ -81,9 +82,11 @@ def filtered_native_stderr(verbose: bool = False) -> Iterator[list[bytes]]:
     except (OSError, ValueError):  # no descriptor 2 (embedded interpreters): nothing to filter
         yield []
         return
-    handle, path = tempfile.mkstemp(prefix="edgepack-stderr-")
+    sink = tempfile.TemporaryFile(prefix="edgepack-stderr-")  # O_TMPFILE: no name, nothing left if killed
+    handle = sink.fileno()
+    reader = open(f"/proc/self/fd/{handle}", "rb")  # its own offset (a dup would share the writers')
     python_stderr = sys.stderr
-    forwarder = _Forwarder(path, saved, verbose)
+    forwarder = _Forwarder(reader, saved, verbose)
     replace_python_stderr = _writes_to_fd2(python_stderr)  # not when a test harness captured sys.stderr
     try:
         if replace_python_stderr:
@@ -101,7 +104,9 @@ def filtered_native_stderr(verbose: bool = False) -> Iterator[list[bytes]]:
             sys.stderr = python_stderr
             os.dup2(saved, 2)
             forwarder.done.set()
-            forwarder.join(timeout=5)
-            os.close(handle)
+            if forwarder.ident is not None:
+                forwarder.join(timeout=5)
+            else:
+                reader.close()
+            sink.close()
             os.close(saved)
-            os.unlink(path)

@@ -451,3 +451,27 @@ def test_ios_package_from_real_coreml_export(tmp_path, one_torch_thread):
     spec = entry["artifact"]["inputs"][0]
     assert f'features["{spec["name"]}"]' in swift
     assert f'withExtension: "mlpackage"' in swift and "configuration.computeUnits = computeUnits" in swift
+
+
+def test_the_converters_logs_travel_in_the_bundle_and_failure_reasons_name_them(digits_bundle, tmp_path):
+    """A failed onnx2tf run used to be reported as '(log: /tmp/<deleted work dir>/worker.log)'."""
+    from edgepack.api import _toolchain_logs
+    from edgepack.pipeline import Attempt, TargetResult
+    from edgepack.targets.registry import load_registry
+
+    manifest = read_manifest(digits_bundle)
+    entry = manifest["targets"]["android-pixel8"]
+    logs = [r for r in entry["reports"] if r.startswith("reports/android-pixel8/logs/")]
+    assert logs and all(r.endswith(".log") for r in logs)
+    assert all(r in manifest["files"] and (digits_bundle / r).stat().st_size > 0 for r in logs)
+    assert "onnx2tf" in (digits_bundle / logs[0]).read_text()
+    assert api.verify(digits_bundle).files_checked >= len(manifest["files"])  # raises when a file differs
+    # the reason of a failed attempt names the copy in the bundle, not the temporary work dir
+    workdir = tmp_path / "work" / "android-pixel8"
+    (workdir / "int8" / "onnx2tf").mkdir(parents=True)
+    (workdir / "int8" / "onnx2tf" / "worker.log").write_text("x" * 10 + "\nValueError: the converter's own words\n")
+    result = TargetResult(load_registry().get("android-pixel8"), "failed")
+    result.attempts.append(Attempt("int8", "error", f"onnx2tf failed (log: {workdir}/int8/onnx2tf/worker.log)"))
+    files = _toolchain_logs(result, workdir, tmp_path / "reports")
+    assert list(files) == ["reports/android-pixel8/logs/int8/onnx2tf/worker.log"]
+    assert result.attempts[0].reason == "onnx2tf failed (log: reports/android-pixel8/logs/int8/onnx2tf/worker.log)"
