@@ -89,7 +89,8 @@ def target_key(
     dataset's role to its :meth:`edgepack.data.dataset.Dataset.sha256` (hashed once per export, not per target)."""
     document = {
         "edgepack": __version__,
-        "source": {**source.describe(), "code_sha256": source.code_sha256},
+        # labels travel in every artifact's contract (--labels replaces the source's own)
+        "source": {**source.describe(), "code_sha256": source.code_sha256, "labels": source.labels},
         "profile": profile.model_dump(mode="json"),
         # fp32 is always built too: it is the latency baseline every compressed artifact is compared with.
         "recipes": [recipes.get(name).model_dump(mode="json") for name in dict.fromkeys([*profile.recipes, "fp32"])
