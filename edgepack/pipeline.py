@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgepack._text import first_line
 from edgepack.compress.gate import Gate, GateResult, with_latency
 from edgepack.compress.passes import PassContext, apply_passes
 from edgepack.compress.quantize import QuantizationPlan
@@ -139,8 +140,8 @@ def _raise_if_fatal(exc: BaseException, target: str) -> None:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, EdgepackError):
         return str(exc)
-    text = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = first_line(exc)
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 
 
 class _Fp32Baseline:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from edgepack._schema import StrictModel
 from edgepack._toml import read_toml, validate
 from edgepack.errors import ProfileError
 
@@ -20,18 +21,14 @@ RECIPES_DIR = Path(__file__).with_name("recipes")
 RecipePrecision = Literal["fp32", "fp16", "int8", "int8-dynamic", "int4-weight", "mixed"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PassSpec(_Strict):
+class PassSpec(StrictModel):
     """One torch-level compression pass and its options."""
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class Calibration(_Strict):
+class Calibration(StrictModel):
     """How activation ranges are calibrated for static quantization."""
 
     method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
@@ -42,7 +39,7 @@ class Calibration(_Strict):
     percentile: float = Field(default=99.99, gt=0, le=100)
 
 
-class Quantization(_Strict):
+class Quantization(StrictModel):
     """How integer quantization is laid out (ignored by float recipes)."""
 
     per_channel: bool = True
@@ -54,7 +51,7 @@ class Quantization(_Strict):
     """Model input/output dtype: float keeps the graph I/O float; int8/uint8 for accelerators that need it."""
 
 
-class WeightOnly(_Strict):
+class WeightOnly(StrictModel):
     """Group-wise low-bit weight-only quantization of Linear/MatMul weights (activations stay float)."""
 
     bits: Literal[4, 8] = 4
@@ -66,7 +63,7 @@ class WeightOnly(_Strict):
     """Fraction of weight layers stored in ``bits``; the rest (the most error-sensitive) stay int8."""
 
 
-class MixedPrecision(_Strict):
+class MixedPrecision(StrictModel):
     """Sensitivity-driven mixed precision: keep the fewest most sensitive layers in float."""
 
     max_float_layers: int = Field(default=8, ge=1)
@@ -76,7 +73,7 @@ class MixedPrecision(_Strict):
     """Rank at most this many quantizable layers (the first ones in graph order)."""
 
 
-class ParityTolerance(_Strict):
+class ParityTolerance(StrictModel):
     """How close an artifact's outputs must be to the source model's on held-out inputs.
 
     ``max_rel_error`` is the largest absolute difference divided by the largest absolute reference
@@ -88,7 +85,7 @@ class ParityTolerance(_Strict):
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     """A named compression recipe."""
 
     name: str

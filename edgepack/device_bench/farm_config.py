@@ -12,8 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edgepack._schema import StrictModel
 from edgepack._toml import describe_validation_error, read_toml
 from edgepack.device_bench.config import BenchConfig
 from edgepack.device_bench.regress import Thresholds
@@ -25,11 +26,7 @@ PATH_OPTIONS = ("identity", "known_hosts")
 FILE_SOURCE_SUFFIXES = (".py", ".onnx", ".pt2", ".pt", ".pth")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FarmSettings(_Strict):
+class FarmSettings(StrictModel):
     name: str = Field(min_length=1)
     timeout_s: float = Field(600.0, gt=0)
     """Bound of one job attempt on a device (the worker is killed when it is exceeded)."""
@@ -41,7 +38,7 @@ class FarmSettings(_Strict):
     """Consecutive failed jobs after which a device is marked offline (its other jobs are skipped)."""
 
 
-class DeviceSpec(_Strict):
+class DeviceSpec(StrictModel):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     profile: str
     """Target profile id the device runs (its jobs are that target's recipes)."""
@@ -57,7 +54,7 @@ class DeviceSpec(_Strict):
         return f"device:{self.id}"
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     source: str
     calib: str | None = None
@@ -65,12 +62,12 @@ class ModelSpec(_Strict):
     max_drop: float = Field(0.01, ge=0, le=1)
 
 
-class TargetSpec(_Strict):
+class TargetSpec(StrictModel):
     id: str
     recipes: list[str] = Field(min_length=1)
 
 
-class FarmConfig(_Strict):
+class FarmConfig(StrictModel):
     farm: FarmSettings
     bench: dict[str, Any] = Field(default_factory=dict)
     thresholds: Thresholds = Field(default_factory=Thresholds)

@@ -54,6 +54,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from edgepack._text import first_line
 from edgepack import __version__
 from edgepack.device_bench.config import BenchResult
 from edgepack.errors import EdgepackError, InputError, OutputError
@@ -368,8 +369,7 @@ def _sqlite_code(exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(getattr(exc, "orig", None) or exc)
 
 
 def database_error(exc: DBAPIError, label: str, path: Path | None = None) -> EdgepackError | None:

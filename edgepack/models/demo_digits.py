@@ -20,9 +20,7 @@ The batch dimension is free.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -87,11 +85,6 @@ def load_digits_cnn(path: Path = WEIGHTS_PATH) -> DigitsCNN:
     model = DigitsCNN()
     model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
     return model.eval()
-
-
-def load_metadata(path: Path = METADATA_PATH) -> dict[str, Any]:
-    """The training metadata recorded next to the shipped weights."""
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def digits_split_indices() -> dict[str, np.ndarray]:

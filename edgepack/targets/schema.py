@@ -12,7 +12,9 @@ import re
 from typing import Literal
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from edgepack._schema import StrictModel
 
 Precision = Literal["fp32", "fp16", "bf16", "int16", "int8", "int4", "uint8", "a16w8", "int8-dynamic"]
 OpVocabulary = Literal["onnx", "tflite", "mil", "openvino"]
@@ -21,11 +23,7 @@ AcceleratorKind = Literal["cpu", "gpu", "npu", "dla", "dsp", "tpu"]
 _ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OpConstraint(_Strict):
+class OpConstraint(StrictModel):
     """What an accelerator requires of one op to run it (all fields optional)."""
 
     dtypes: list[str] | None = None
@@ -39,7 +37,7 @@ class OpConstraint(_Strict):
     note: str | None = None
 
 
-class Accelerator(_Strict):
+class Accelerator(StrictModel):
     """One compute unit of a device (CPU, GPU, NPU, DLA, DSP, TPU)."""
 
     kind: AcceleratorKind
@@ -66,7 +64,7 @@ class Accelerator(_Strict):
         return self
 
 
-class Source(_Strict):
+class Source(StrictModel):
     """A public document a profile's facts were taken from."""
 
     title: str
@@ -74,7 +72,7 @@ class Source(_Strict):
     retrieved: str | None = None
 
 
-class TargetProfile(_Strict):
+class TargetProfile(StrictModel):
     """A device profile: runtime, accelerators, memory, recipes, toolchain pins."""
 
     id: str
