@@ -66,7 +66,7 @@ What decides these numbers:
 * What makes onnx2tf int8 much *slower* than fp32 is XNNPACK refusing single ops, which splits the graph
   into partitions with builtin-kernel islands between them. XNNPACK in 2.3 has no int8
   ``AVERAGE_POOL_2D`` or ``HARD_SWISH`` and no ``RELU_0_TO_1`` at all: mobilenet_v3_small full-int8 had
-  29 partitions (FIELD-NOTES' 0.25x), the digits CNN's final 4x4 average pool cut its int8 graph in two
+  29 partitions (0.25x fp32), the digits CNN's final 4x4 average pool cut its int8 graph in two
   (0.35x). The worker therefore converts whole-input ``AveragePool`` as ``GlobalAveragePool`` (LiteRT
   ``MEAN``, which XNNPACK runs in int8) and ``HardSigmoid`` as ``Clip(6ax + 6b, 0, 6) / 6`` (ADD+RELU6+MUL,
   which made mobilenet_v3_small's fp32 graph one partition and 1.3x faster). ``HardSwish`` is left as
