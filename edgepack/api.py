@@ -25,7 +25,7 @@ from edgepack.bundle.manifest import artifact_dir, build_manifest, target_entry
 from edgepack.bundle.signing import load_signer
 from edgepack.bundle.verify import VerifyResult, verify_bundle
 from edgepack.bundle.writer import BundleWriter, is_edgepack_bundle, prepare_destination, read_manifest
-from edgepack.compress.gate import Gate, parse_metric
+from edgepack.compress.gate import DETECTION_METRIC, Gate, parse_metric
 from edgepack.compress.passes import PassContext, TrainStep
 from edgepack.compress.recipe import RecipeBook, load_recipe_file, load_recipes
 from edgepack.data.dataset import Dataset, load_dataset
@@ -36,10 +36,12 @@ from edgepack.errors import DataError, EdgepackError, InputError, OutputError, e
 from edgepack.export_cache import ExportCache, default_cache_dir, target_key
 from edgepack.models.in_memory import is_torch_module, source_from_module
 from edgepack.models.input_spec import parse_input_spec
+from edgepack.models.labels import read_labels, with_labels
 from edgepack.models.loaders import load_source
 from edgepack.models.reference import reference_predictor
 from edgepack.models.sample import example_dataset_arrays
 from edgepack.models.source import ModelSource, TensorSpec
+from edgepack.postprocess import POSTPROCESS_KEY, apply_postprocess, parse_postprocess
 from edgepack.pipeline import Evaluation, ProgressFn, TargetResult, run_target
 from edgepack.session import ExportSession
 from edgepack.signals import raise_if_interrupted
@@ -146,8 +148,6 @@ def _evaluation(
 def _fidelity_set(source: ModelSource, calib: Dataset | None, count: int) -> Dataset:
     """``count`` unlabelled inputs for the fidelity gate: the last ``count`` calibration samples (real inputs;
     the quantizers calibrate on the first ones), topped up with synthetic inputs when there are fewer."""
-    import numpy as np
-
     if calib is None or len(calib) == 0:
         return Dataset(example_dataset_arrays(source.inputs, count, seed=FIDELITY_SEED), None, SYNTHETIC_ORIGIN)
     real = calib.take(slice(max(0, len(calib) - count), None))
@@ -157,8 +157,8 @@ def _fidelity_set(source: ModelSource, calib: Dataset | None, count: int) -> Dat
     extra = example_dataset_arrays(source.inputs, missing, seed=FIDELITY_SEED)
     if any(extra[k].shape[1:] != v.shape[1:] for k, v in real.inputs.items() if k in extra) or set(extra) != set(real.inputs):
         return Dataset(real.inputs, None, calib.origin)  # symbolic dims: synthetic samples would not stack
-    inputs = {k: np.concatenate([v, extra[k].astype(v.dtype, copy=False)], axis=0) for k, v in real.inputs.items()}
-    return Dataset(inputs, None, f"{calib.origin} ({len(real)}) + {SYNTHETIC_ORIGIN} ({missing})")
+    # samples stay on axis 0 in a Dataset whatever each input's own batch axis (concatenate keeps the axes)
+    return real.concatenate(Dataset(extra, None, SYNTHETIC_ORIGIN), f"{calib.origin} ({len(real)}) + {SYNTHETIC_ORIGIN} ({missing})")
 
 
 def _load_data(path: str | Path | None, source: ModelSource, builtin: str, *, labels: bool) -> Dataset | None:
@@ -203,6 +203,11 @@ def export(
     inputs: Sequence[str | TensorSpec] = (),
     recipe_chain: Sequence[str | Path] = (),
     bake_preprocess: bool = False,
+    labels: str | Path | None = None,
+    postprocess: str | None = None,
+    iou: float | None = None,
+    conf: float | None = None,
+    max_det: int | None = None,
     sign_key: str | Path | None = None,
     train_data: Iterable[Any] | None = None,
     train_step: TrainStep | None = None,
@@ -230,8 +235,13 @@ def export(
     ``pass_options`` is handed to passes as ``PassContext.extra`` (e.g. ``{"student": module}`` for distill).
     Targets whose inputs are unchanged since an earlier export are replayed from the export cache
     (:mod:`edgepack.export_cache`; ``cache=False`` or runs with training callables always export).
+    ``labels`` is a file of class names (one per line, or JSON) written into every artifact's contract in
+    place of the source's own (:mod:`edgepack.models.labels`; the count must match an output's classes).
     ``bake_preprocess`` makes each image input ``uint8`` NHWC with the cast, scale, mean/std and layout in the
     graph (:mod:`edgepack.models.bake`); data in the float layout is converted to raw pixels for it.
+    ``postprocess="nms"`` appends the runtime's own NMS to a YOLO-style head (``[1, 4+C, N]`` or ``[1, N, 4+C]``)
+    with ``iou`` / ``conf`` / ``max_det`` (defaults 0.45 / 0.25 / 100): fixed-size outputs ``boxes``, ``scores``,
+    ``classes``, ``count`` (:mod:`edgepack.postprocess`), gated on mAP@0.5 against the fp32 model's boxes.
     ``archive`` writes ``OUT/NAME.edgepack.zip`` instead of the directory. ``fail_on_fallback`` (percent)
     fails a target whose placement report leaves more than that share of ops to the CPU (for CI).
     ``bench`` (a runner URI, e.g. ``"host"``) measures every shipped artifact that runner can run, from the
@@ -247,6 +257,12 @@ def export(
     if fail_on_fallback is not None and not 0 <= fail_on_fallback <= 100:
         raise InputError(f"--fail-on-fallback {fail_on_fallback}: must be a percentage between 0 and 100")
     metric = parse_metric(metric)
+    nms = parse_postprocess(postprocess, iou=iou, conf=conf, max_det=max_det)
+    if metric == DETECTION_METRIC and nms is None:
+        raise InputError(f"--metric {DETECTION_METRIC} scores NMS detections", hint="add --postprocess nms")
+    if nms is not None and metric not in ("auto", DETECTION_METRIC):
+        raise InputError(f"--metric {metric}: --postprocess nms artifacts are gated on {DETECTION_METRIC} (boxes "
+                         "against the fp32 model's)", hint=f"leave --metric out or use {DETECTION_METRIC}")
     signer = load_signer(Path(sign_key)) if sign_key is not None else None
     bench_runner = _bench_runner(bench) if bench is not None else None  # a bad runner URI fails before any work
     registry = registry or load_registry()
@@ -260,15 +276,25 @@ def export(
     baked_dir: Path | None = None
     started = time.perf_counter()
     progress("source", "loading")
+    label_names = read_labels(labels) if labels is not None else None  # a bad file is refused before loading
     model = _as_source(source, weights, specs, random_weights)
+    if label_names is not None:  # class names for the contract, replacing the source's own
+        model = with_labels(model, label_names, str(labels))
     if bake_preprocess:  # uint8 NHWC in, preprocessing in the graph, for every target (edgepack.models.bake)
         from edgepack.models.bake import bake_preprocess as bake
 
         baked_dir = make_temp_dir(SCRATCH_PREFIX)  # the baked ONNX graph of an .onnx source; removed at the end
         model = bake(model, baked_dir)
+    if nms is not None:  # detections out: the runtime's own NMS after the head (edgepack.postprocess)
+        baked_dir = baked_dir or make_temp_dir(SCRATCH_PREFIX)
+        model = apply_postprocess(model, nms, baked_dir)
+        metric = DETECTION_METRIC
     calib_data = _load_data(calib, model, "calib", labels=False)
     scorer = load_metric_function(str(eval_data)) if eval_data is not None and is_metric_function(str(eval_data)) else None
     eval_set = _load_data(eval_data if scorer is None else None, model, "eval", labels=True)
+    if eval_set is not None and nms is not None and eval_set.labels is not None:
+        raise DataError(f"--postprocess nms: {eval_set.origin} has class labels; the detection gate scores boxes "
+                        "against the fp32 model's (mAP@0.5)", hint="pass unlabelled inputs, or --eval FILE.py:function")
     if eval_set is not None:
         _check_eval_set(eval_set, model)
     bundle_name = _bundle_name(model, name)
@@ -310,7 +336,9 @@ def export(
                 result = run_target(model, profile, recipes, calib_data, evaluation, scratch / profile.id, progress, training,
                                     session=session)
                 results.append(result)
-                entry, target_files = _target_payload(result, scratch / "_reports")
+                entry, target_files = _target_payload(result, scratch / "_reports", scratch / profile.id)
+                if nms is not None:
+                    entry["postprocess"] = model.extra[POSTPROCESS_KEY]
                 entries[profile.id] = entry
                 files.update(target_files)
                 if export_cache and key and result.status == "ok":
@@ -534,10 +562,43 @@ def _add_documents(writer: BundleWriter, manifest: dict[str, Any]) -> None:
     writer.path("MODEL_CARD.md").write_text(render_model_card(manifest), encoding="utf-8", newline="\n")
 
 
-def _target_payload(result: TargetResult, reports_root: Path) -> tuple[dict[str, Any], dict[str, Path]]:
-    """The manifest entry of a freshly exported target and its files (bundle-relative path -> file)."""
+TOOLCHAIN_LOG_LIMIT = 1 << 20
+"""Bytes of one toolchain log kept in the bundle (the end of a longer one, where converters say what failed)."""
+
+
+def _toolchain_logs(result: TargetResult, workdir: Path, reports_root: Path) -> dict[str, Path]:
+    """The converters' logs of this target's attempts (e.g. each onnx2tf worker run) as
+    ``reports/<target>/logs/<attempt dir>/<file>.log``; failure reasons that name a log in the (temporary)
+    work dir are rewritten to name its copy in the bundle."""
     target = result.profile.id
     files: dict[str, Path] = {}
+    if not workdir.is_dir():
+        return files
+    for log in sorted(workdir.rglob("*.log")):
+        relative = f"reports/{target}/logs/{log.relative_to(workdir).as_posix()}"
+        copy = reports_root / relative
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        data = log.read_bytes()
+        if len(data) > TOOLCHAIN_LOG_LIMIT:
+            data = (f"[edgepack: the first {len(data) - TOOLCHAIN_LOG_LIMIT} bytes of this log are left out]\n".encode()
+                    + data[-TOOLCHAIN_LOG_LIMIT:])
+        copy.write_bytes(data)
+        files[relative] = copy
+    if files:
+        here, there = str(workdir), f"reports/{target}/logs"
+        for attempt in result.attempts:
+            attempt.reason = attempt.reason.replace(here, there)
+        if result.error:
+            result.error = result.error.replace(here, there)
+    return files
+
+
+def _target_payload(result: TargetResult, reports_root: Path, workdir: Path | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The manifest entry of a freshly exported target and its files (bundle-relative path -> file), its
+    converters' logs from ``workdir`` included."""
+    target = result.profile.id
+    files: dict[str, Path] = _toolchain_logs(result, workdir, reports_root) if workdir is not None else {}
     reports: dict[str, Any] = {f"reports/{target}/attempts.json": [a.to_dict() for a in result.attempts]}
     if result.placement:
         reports[f"reports/{target}/placement.json"] = result.placement
@@ -552,7 +613,9 @@ def _target_payload(result: TargetResult, reports_root: Path) -> tuple[dict[str,
         root = result.artifact.path.parent
         for file in result.artifact.files:
             files[f"{artifact_dir(target)}/{file.relative_to(root).as_posix()}"] = file
-    return target_entry(result), files
+    entry = target_entry(result)
+    entry["reports"] = entry["reports"] + sorted(f for f in files if f.startswith(f"reports/{target}/logs/"))
+    return entry, files
 
 
 def check(

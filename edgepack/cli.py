@@ -480,7 +480,7 @@ def export(
     target: Annotated[list[str], typer.Option("--target", "-t", metavar=TARGETS_METAVAR, help="Target id (repeatable, or comma-separated; any case).")],
     calib: Annotated[Optional[Path], typer.Option(help="Calibration data: .npz/.npy, or an image folder DIR/<class>/<image>.")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval", metavar="DATA", help="Labelled evaluation data (.npz with 'labels', or an image folder DIR/<class>/<image>), or FILE.py:function / package.module:function scoring a predictor.")] = None,
-    metric: Annotated[str, typer.Option(help="Gate metric: auto (top-1 with labels, else fidelity), top1, top5 (any topK), cosine (vs fp32 outputs).")] = "auto",
+    metric: Annotated[str, typer.Option(help="Gate metric: auto (top-1 with labels, else fidelity), top1, top5 (any topK), cosine (vs fp32 outputs), map50 (--postprocess nms: mAP@0.5 vs the fp32 boxes, its default).")] = "auto",
     max_drop: Annotated[float, typer.Option(help="Largest allowed metric drop (absolute; 0.01 = 1 point).")] = 0.01,
     max_slowdown: Annotated[float, typer.Option(help="How much slower than the same runtime's fp32 artifact a compressed one may be (0.05 = 5 %, for timing noise).")] = 0.05,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Directory that receives NAME.edgepack/.")] = Path("dist"),
@@ -492,7 +492,12 @@ def export(
     sign_key: Annotated[Optional[Path], typer.Option(metavar="KEY", help="Ed25519 private key (from 'edgepack keygen'): writes manifest.sig.")] = None,
     recipe: Annotated[Optional[list[str]], typer.Option("--recipe", metavar="RECIPE", help="Recipe name or .toml file (repeatable, in order): replaces every target's recipe chain.")] = None,
     profile: Annotated[Optional[list[Path]], typer.Option("--profile", metavar="TOML", help="Extra target profile TOML (repeatable): your own device, may 'extends' a shipped one.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", metavar="FILE", help="Class names for the artifacts' metadata: one per line, or JSON (list or id2label); replaces the source's own.")] = None,
     bake_preprocess: Annotated[bool, typer.Option("--bake-preprocess", help="Artifacts take uint8 NHWC images and do the cast, scale, mean/std and layout themselves (needs the source's preprocessing).")] = False,
+    postprocess: Annotated[Optional[str], typer.Option("--postprocess", metavar="nms", help="nms: append the runtime's own NMS to a YOLO-style head ([1, 4+C, N] or [1, N, 4+C], cx cy w h + class scores); outputs boxes (xyxy), scores, classes, count, padded to --max-det.")] = None,
+    iou: Annotated[Optional[float], typer.Option("--iou", help="--postprocess nms: IoU above which a box suppresses a lower-scoring one of its class (default 0.45).")] = None,
+    conf: Annotated[Optional[float], typer.Option("--conf", help="--postprocess nms: class score a box must exceed (default 0.25).")] = None,
+    max_det: Annotated[Optional[int], typer.Option("--max-det", help="--postprocess nms: most detections per image, the outputs' fixed size (default 100).")] = None,
     archive: Annotated[bool, typer.Option(help="Write NAME.edgepack.zip instead of the NAME.edgepack/ folder.")] = False,
     bench: Annotated[Optional[str], typer.Option(help="Benchmark what was exported on this runner (host, ssh://...) and put the summary in the manifest.", metavar="RUNNER")] = None,
     fail_on_fallback: Annotated[Optional[float], typer.Option(help="Fail a target when more than PCT % of its ops fall back to the CPU (placement report; for CI).", metavar="PCT")] = None,
@@ -510,7 +515,7 @@ def export(
         with _progress(not as_json or not sys.stderr.isatty(), _canonical(registry, targets)) as progress:
             result = api.export(source, targets, calib=calib, eval_data=eval_data, metric=metric, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
                                 name=name, weights=weights, random_weights=random_weights, inputs=inputs or (), recipe_chain=recipe or (), sign_key=sign_key,
-                                bake_preprocess=bake_preprocess, cache=not no_cache, archive=archive, fail_on_fallback=fail_on_fallback, bench=bench, registry=registry,
+                                bake_preprocess=bake_preprocess, labels=labels, postprocess=postprocess, iou=iou, conf=conf, max_det=max_det, cache=not no_cache, archive=archive, fail_on_fallback=fail_on_fallback, bench=bench, registry=registry,
                                 progress=progress)
             if isinstance(progress, _Reporter):
                 progress.flush()

@@ -2,9 +2,10 @@
 
 Metrics: with labelled eval data, top-1 (default) or top-k accuracy (``metric="top5"``); ``metric="cosine"``
 compares outputs with the fp32 source's (embeddings); a user function (``--eval module:function``) scores
-a predictor itself. Without labels or a function the gate is a *fidelity* gate and says so in ``kind``; the
-metric fits the output (:func:`fidelity_metric`): top-1 agreement with the fp32 source for class logits
-``[N, C]``, per-step argmax agreement for sequence logits ``[N, T, C]``, IoU of thresholded maps for dense
+a predictor itself; ``metric="map50"`` (``--postprocess nms`` artifacts) is the mAP@0.5 of the artifact's
+detections against the fp32 model's (:mod:`edgepack.postprocess.reference`). Without labels or a function
+the gate is a *fidelity* gate and says so in ``kind``; the metric fits the output (:func:`fidelity_metric`):
+top-1 agreement with the fp32 source for class logits ``[N, C]``, per-step argmax agreement for sequence logits ``[N, T, C]``, IoU of thresholded maps for dense
 maps ``[N, 1, H, W]`` / ``[N, H, W, 1]``, mean cosine otherwise (and for outputs named like embeddings).
 
 Resolution: the verdict is taken on the point estimate of the drop (as always), and every result also
@@ -120,15 +121,42 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(_topk_correct(logits, labels, k)))
 
 
-METRICS = ("auto", "cosine", "top1", "topK (e.g. top5)")
+DETECTION_METRIC = "map50"
+"""mAP@0.5 of the artifact's NMS detections against the fp32 model's (a fidelity metric: no box labels)."""
+METRICS = ("auto", "cosine", "top1", "topK (e.g. top5)", DETECTION_METRIC)
 
 
 def parse_metric(text: str) -> str:
     """Canonical metric name: ``auto``, ``cosine`` or ``topK``; :class:`InputError` otherwise."""
     name = text.strip().lower().replace("-", "")
-    if name in ("auto", "cosine") or (name.startswith("top") and name[3:].isdigit() and int(name[3:]) >= 1):
+    if name in ("auto", "cosine", DETECTION_METRIC) or (name.startswith("top") and name[3:].isdigit() and int(name[3:]) >= 1):
         return name
     raise InputError(f"--metric {text}: unknown metric", hint=f"use one of {', '.join(METRICS)}")
+
+
+def _detections(predictor: Predictor, data: Dataset) -> np.ndarray:
+    """``[S, max_det, 6]`` rows ``x1, y1, x2, y2, score, class`` per sample; rows past ``count`` have class -1."""
+    packed = []
+    for batch in data.batches():
+        out = predictor(batch)
+        boxes = np.asarray(out["boxes"], np.float64).reshape(-1, 4)
+        rows = np.concatenate([boxes, np.asarray(out["scores"], np.float64).reshape(-1, 1),
+                               np.asarray(out["classes"], np.float64).reshape(-1, 1)], axis=1)
+        rows[int(np.asarray(out["count"]).reshape(-1)[0]):, 5] = -1.0
+        packed.append(rows)
+    return np.stack(packed)
+
+
+def detection_map_vs(ref: np.ndarray, got: np.ndarray) -> float:
+    """mAP@0.5 of the packed detections ``got`` (see :func:`_detections`) with ``ref`` as ground truth."""
+    from edgepack.postprocess.reference import detection_map
+
+    predicted, truth = [], []
+    for r, g in zip(ref, got):
+        r, g = r[r[:, 5] >= 0], g[g[:, 5] >= 0]
+        truth.append((r[:, :4], r[:, 5].astype(np.int64)))
+        predicted.append((g[:, :4], g[:, 4], g[:, 5].astype(np.int64)))
+    return detection_map(predicted, truth)
 
 
 # --- per-sample fidelity scores (1 = identical to fp32) ---------------------------------------------------
@@ -294,10 +322,12 @@ class Gate:
     def evaluate(self, reference: Predictor, candidate: Predictor, reference_logits: np.ndarray | None = None) -> GateResult:
         if self.scorer is not None:
             return self._evaluate_scorer(reference, candidate)
-        ref = reference_logits if reference_logits is not None else _logits(reference, self.data, self.output)
-        got = _logits(candidate, self.data, self.output)
+        ref = reference_logits if reference_logits is not None else self.reference_logits(reference)
+        got = self._collect(candidate)
         labels = self.data.labels
         n = len(ref)
+        if self.metric == DETECTION_METRIC:
+            return self._evaluate_detections(ref, got)
         if labels is not None and self.metric != "cosine":
             if self.metric.startswith("top") and self.metric != "top1":
                 k = int(self.metric[3:])
@@ -322,6 +352,21 @@ class Gate:
                           drop_ci95=(math.floor(interval[0] * 1e6) / 1e6, math.ceil(interval[1] * 1e6) / 1e6),
                           resolvable=resolves(n, self.max_drop), note=unresolvable_note(n, self.max_drop, what))
 
+    def _collect(self, predictor: Predictor) -> np.ndarray:
+        if self.metric == DETECTION_METRIC:
+            return _detections(predictor, self.data)
+        return _logits(predictor, self.data, self.output)
+
+    def _evaluate_detections(self, ref: np.ndarray, got: np.ndarray) -> GateResult:
+        """Fidelity of NMS detections: mAP@0.5 against the fp32 model's boxes (1.0 for the fp32 model itself).
+        No interval: mAP is not a mean of per-sample scores."""
+        value = detection_map_vs(ref, got)
+        drop = 1.0 - value
+        passed = drop <= self.max_drop + 1e-12
+        reason = "passed" if passed else f"{DETECTION_METRIC}_vs_fp32 dropped {drop:.4f} > max {self.max_drop:.4f}"
+        return GateResult("fidelity", f"{DETECTION_METRIC}_vs_fp32", 1.0, value, drop, self.max_drop, len(ref), passed,
+                          reason)
+
     def _evaluate_scorer(self, reference: Predictor, candidate: Predictor) -> GateResult:
         assert self.scorer is not None
         key = id(reference)
@@ -335,7 +380,7 @@ class Gate:
 
     def reference_logits(self, reference: Predictor) -> np.ndarray:
         """Reference outputs, computed once and reused across recipe attempts."""
-        return _logits(reference, self.data, self.output)
+        return self._collect(reference)
 
 
 def _score(scorer: MetricFunction, predictor: Predictor, name: str) -> float:

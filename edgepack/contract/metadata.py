@@ -8,7 +8,7 @@ with no timestamps, so exporting the same model twice writes byte-identical meta
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +23,13 @@ CLASS_LOGITS = "class logits"
 DENSE_MAP = "dense map"
 EMBEDDING = "embedding"
 UNKNOWN = "unknown"
+DETECTION_SEMANTICS = {
+    "boxes": "detection boxes (x1, y1, x2, y2; rows past count are padding)",
+    "scores": "detection scores",
+    "classes": "detection class indices (-1 in padding rows)",
+    "count": "number of detections",
+}
+"""Semantics of the fixed-size outputs of ``--postprocess nms`` (:mod:`edgepack.postprocess`)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,8 @@ class Contract:
     toolchain: dict[str, str] = field(default_factory=dict)
     passes: str | None = None
     """Compression passes applied before export (``source_sha256`` is then the compressed weights' hash)."""
+    postprocess: dict[str, Any] | None = None
+    """Post-processing in the graph (``--postprocess nms``: kind, iou, conf, max_det, the head it follows)."""
     schema: str = CONTRACT_SCHEMA
 
     # -- building ---------------------------------------------------------------------------------
@@ -99,11 +108,14 @@ class Contract:
         labels = tuple(str(label) for label in source.labels) if source.labels else None
         ins = tuple(_input(spec, src) for spec, src in zip(inputs, _pad(source.inputs, len(inputs))))
         outs = tuple(_output(spec, src, labels) for spec, src in zip(outputs, _pad(source.outputs, len(outputs))))
+        postprocess = source.extra.get("postprocess")
+        if postprocess:
+            outs = tuple(replace(t, semantics=DETECTION_SEMANTICS.get(t.source_name, t.semantics)) for t in outs)
         passes = source.extra.get("passes")
         return cls(model=source.name, source_uri=source.uri, source_sha256=source.sha256, recipe=recipe,
                    precision=precision, format=format, target=target, edgepack_version=__version__, labels=labels,
                    inputs=ins, outputs=outs, toolchain={k: str(v) for k, v in sorted(toolchain.items())},
-                   passes=str(passes) if passes else None)
+                   passes=str(passes) if passes else None, postprocess=dict(postprocess) if postprocess else None)
 
     @classmethod
     def for_artifact(cls, source: "ModelSource", artifact: "Artifact") -> "Contract":
@@ -115,7 +127,7 @@ class Contract:
     # -- serialising ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema": self.schema, "model": self.model, "source_uri": self.source_uri,
             "source_sha256": self.source_sha256, "passes": self.passes, "recipe": self.recipe,
             "precision": self.precision, "format": self.format, "target": self.target,
@@ -123,6 +135,9 @@ class Contract:
             "labels": list(self.labels) if self.labels is not None else None,
             "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
         }
+        if self.postprocess is not None:  # absent otherwise: contracts without it stay byte-identical
+            out["postprocess"] = self.postprocess
+        return out
 
     def to_json(self) -> str:
         return dumps(self.to_dict())
@@ -136,7 +151,7 @@ class Contract:
                    inputs=tuple(TensorContract.from_dict(t) for t in data["inputs"]),
                    outputs=tuple(TensorContract.from_dict(t) for t in data["outputs"]),
                    toolchain=dict(data.get("toolchain", {})), passes=data.get("passes"),
-                   schema=data.get("schema", CONTRACT_SCHEMA))
+                   postprocess=data.get("postprocess"), schema=data.get("schema", CONTRACT_SCHEMA))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Contract":
@@ -161,6 +176,8 @@ class Contract:
             "version": self.edgepack_version,
             "toolchain": dumps(self.toolchain),
         }
+        if self.postprocess is not None:
+            entries["postprocess"] = dumps(self.postprocess)
         return {f"{KEY_PREFIX}{key}": value for key, value in sorted(entries.items())}
 
     def summary(self) -> str:

@@ -1,14 +1,20 @@
 """The :class:`Dataset` type and loaders for ``.npz`` / ``.npy`` files.
 
 Arrays are stacked along a leading sample axis: ``inputs[name][i]`` is sample ``i`` of input ``name``
-*without* its batch dim; :meth:`Dataset.batch` re-adds it.
+*without* its batch dim; :meth:`Dataset.batch` re-adds it where the model has it. That is axis 0 for most
+inputs; an input whose batch is elsewhere (an LSTM state ``[2, batch, 128]``,
+:attr:`~edgepack.models.source.TensorSpec.batch_axis`) is stored with its batch axis moved to the front and
+carries that axis in :attr:`InputArrays.batch_axes`, so every copy of the inputs keeps it.
+
+Files hold each input batched as the model takes it: ``N`` samples on the input's batch axis
+(``input [N, 576]`` and ``state [2, N, 128]`` for Silero VAD).
 """
 
 from __future__ import annotations
 
 import hashlib
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +26,23 @@ from edgepack.models.source import TensorSpec
 LABEL_KEYS = ("labels", "label", "y")
 
 
+class InputArrays(dict[str, np.ndarray]):
+    """Input arrays by name, samples on axis 0, and the axis each input's batch has in the model
+    (``batch_axes``: only inputs whose batch axis is not 0). A plain dict reads as all batch axes 0."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray] = (), batch_axes: Mapping[str, int] | None = None) -> None:
+        super().__init__(arrays)
+        self.batch_axes: dict[str, int] = {k: int(v) for k, v in (batch_axes or {}).items() if v and k in self}
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, np.ndarray], dict[str, int]]]:  # copies keep the axes
+        return (InputArrays, (dict(self), self.batch_axes))
+
+
+def to_model_layout(sample: np.ndarray, axis: int) -> np.ndarray:
+    """A stored batch (samples on axis 0) in the model's layout: the sample axis moved to ``axis``."""
+    return np.ascontiguousarray(np.moveaxis(sample, 0, axis)) if axis else sample
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Model inputs (one array per input, samples on axis 0) and optional integer labels."""
@@ -29,6 +52,8 @@ class Dataset:
     origin: str = "<memory>"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.inputs, InputArrays):
+            object.__setattr__(self, "inputs", InputArrays(self.inputs))
         lengths = {len(a) for a in self.inputs.values()}
         if len(lengths) > 1:
             raise DataError(f"{self.origin}: inputs have different sample counts {sorted(lengths)}")
@@ -48,9 +73,15 @@ class Dataset:
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values()))) if self.inputs else 0
 
+    @property
+    def batch_axes(self) -> dict[str, int]:
+        """Inputs whose batch axis in the model is not 0, and that axis."""
+        return self.inputs.batch_axes  # type: ignore[attr-defined]
+
     def batch(self, index: int) -> dict[str, np.ndarray]:
-        """Sample ``index`` as a batch of one, ready to feed to a predictor."""
-        return {name: array[index : index + 1] for name, array in self.inputs.items()}
+        """Sample ``index`` as a batch of one in the model's layout, ready to feed to a predictor."""
+        axes = self.batch_axes
+        return {name: to_model_layout(array[index : index + 1], axes.get(name, 0)) for name, array in self.inputs.items()}
 
     def batches(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         for index in range(len(self) if limit is None else min(limit, len(self))):
@@ -58,7 +89,13 @@ class Dataset:
 
     def take(self, indices: Sequence[int] | slice) -> "Dataset":
         labels = None if self.labels is None else self.labels[indices]
-        return Dataset({k: v[indices] for k, v in self.inputs.items()}, labels, self.origin)
+        return Dataset(InputArrays({k: v[indices] for k, v in self.inputs.items()}, self.batch_axes), labels, self.origin)
+
+    def concatenate(self, other: "Dataset", origin: str) -> "Dataset":
+        """This dataset's samples followed by ``other``'s (same inputs; labels kept only when both have them)."""
+        inputs = {k: np.concatenate([v, other.inputs[k].astype(v.dtype, copy=False)], axis=0) for k, v in self.inputs.items()}
+        labels = None if self.labels is None or other.labels is None else np.concatenate([self.labels, other.labels])
+        return Dataset(InputArrays(inputs, self.batch_axes), labels, origin)
 
     def split(self, first: int) -> tuple["Dataset", "Dataset"]:
         """The first ``first`` samples and the rest."""
@@ -80,7 +117,7 @@ class Dataset:
                 array = array.transpose(0, 2, 3, 1)
             raw = (array * std + mean) / np.float32(scale)
             inputs[spec.name] = np.ascontiguousarray(np.clip(np.rint(raw), 0, 255).astype(np.uint8))
-        return Dataset(inputs, self.labels, f"{self.origin} (raw uint8 pixels)")
+        return Dataset(InputArrays(inputs, self.batch_axes), self.labels, f"{self.origin} (raw uint8 pixels)")
 
 
 def _check_finite(origin: str, name: str, array: np.ndarray) -> None:
@@ -89,11 +126,11 @@ def _check_finite(origin: str, name: str, array: np.ndarray) -> None:
         raise DataError(f"{origin}: input '{name}' contains {bad} NaN/inf value(s)", hint="clean the data")
 
 
-def conform(origin: str, arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+def conform(origin: str, arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> InputArrays:
     """Match loaded arrays to the model's input specs by name (or position for a single input).
 
-    Each array must be ``[N, *sample_shape]`` where ``[1, *sample_shape]`` fits the spec (a spec without
-    a batch dim of 1/symbolic gets its samples stacked on a new axis).
+    Each array holds ``N`` samples on the input's batch axis (:attr:`TensorSpec.batch_axis`; axis 0 for
+    ``[N, *sample_shape]``) such that one sample on that axis fits the spec; it is stored samples-first.
     """
     if len(specs) == 1 and len(arrays) == 1 and specs[0].name not in arrays:
         arrays = {specs[0].name: next(iter(arrays.values()))}
@@ -101,19 +138,28 @@ def conform(origin: str, arrays: dict[str, np.ndarray], specs: Sequence[TensorSp
     if missing:
         raise DataError(f"{origin}: no array for model input(s) {missing}", hint=f"found keys {sorted(arrays)}")
     out: dict[str, np.ndarray] = {}
+    axes: dict[str, int] = {}
     for spec in specs:
         array = np.asarray(arrays[spec.name])
-        if len(array) == 0:
+        axis = spec.batch_axis
+        where = "batch first" if axis == 0 else f"batch on axis {axis}"
+        if array.ndim == 0 or (array.ndim > axis and array.shape[axis] == 0):
             raise DataError(f"{origin}: input '{spec.name}' has no samples")
-        sample = array[:1]
+        if axis and array.ndim != len(spec.shape):
+            raise DataError(f"{origin}: input '{spec.name}' has shape {list(array.shape)}, "
+                            f"model expects {spec.shape_str()} ({where}, N samples on that axis)")
+        array = np.moveaxis(array, axis, 0) if axis else array
+        sample = to_model_layout(array[:1], axis)
         if not spec.matches(sample):
+            shown = list(array.shape[1:]) if axis == 0 else list(sample.shape)
             raise DataError(
-                f"{origin}: input '{spec.name}' samples have shape {list(array.shape[1:])}, "
-                f"model expects {spec.shape_str()} (batch first)"
+                f"{origin}: input '{spec.name}' samples have shape {shown}, "
+                f"model expects {spec.shape_str()} ({where})"
             )
         _check_finite(origin, spec.name, array)
-        out[spec.name] = array.astype(spec.dtype, copy=False)
-    return out
+        out[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False)) if axis else array.astype(spec.dtype, copy=False)
+        axes[spec.name] = axis
+    return InputArrays(out, axes)
 
 
 def load_dataset(path: str | Path, specs: Sequence[TensorSpec], *, require_labels: bool = False) -> Dataset:

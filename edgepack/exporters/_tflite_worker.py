@@ -3,7 +3,7 @@
 The conversion toolchains run here, never in the parent process, because
 
 * onnx2tf and litert-torch import TensorFlow, which must not be imported before torch in the parent
-  (TensorFlow first, then ``torch._dynamo``, segfaults — see FIELD-NOTES "Import order");
+  (TensorFlow first, then ``torch._dynamo``, segfaults);
 * onnx2tf calls ``sys.exit(1)`` on many failures and leaves global state behind;
 * onnx2tf reaches for the internet (see :func:`_offline_sample_images`), which export must never do.
 
@@ -30,7 +30,8 @@ The request is a JSON file written by :mod:`edgepack.exporters.tflite`; the work
 0 on success, 1 on a conversion failure, 3 when an optional converter is not installed. Everything the
 toolchains print goes to this process's stdout/stderr, which the parent captures into a log file.
 
-This module imports only the standard library and numpy at import time, so that its network guard can
+This module imports only the standard library, numpy and :mod:`edgepack._text` (standard library only) at
+import time, so that its network guard can
 be installed (and tested) before any toolchain is imported. The onnx2tf mode never imports torch (it
 does not need it, and ``torch._dynamo`` after TensorFlow would crash); the litert-torch mode imports
 torch and ``torch._dynamo`` before anything that pulls TensorFlow.
@@ -50,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgepack._text import first_line
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -177,7 +180,7 @@ def _simplify(model: Any, input_shapes: dict[str, list[int]], notes: list[str]) 
         shapes = [f"{name}:{','.join(str(d) for d in dims)}" for name, dims in input_shapes.items()]
         slimmed = onnxslim.slim(model, input_shapes=shapes or None)
     except Exception as exc:  # noqa: BLE001 - simplification is best-effort
-        notes.append(f"onnxslim skipped: {type(exc).__name__}: {_first_line(exc)}")
+        notes.append(f"onnxslim skipped: {type(exc).__name__}: {first_line(exc, 400)}")
         return model
     return slimmed if slimmed is not None else model
 
@@ -453,6 +456,9 @@ def run_onnx2tf(request: dict[str, Any]) -> dict[str, Any]:
         input_onnx_file_path=str(prepared),
         output_folder_path=str(out_dir),
         output_signaturedefs=True,
+        # ONNX NonMaxSuppression returns only the selected boxes; onnx2tf's default pads them to the maximum with
+        # index 0, which turns every padding row into a copy of box 0 (--postprocess nms counts the rows).
+        output_nms_with_dynamic_tensor=True,
         custom_input_op_name_np_data_path=calib or None,
         keep_ncw_or_nchw_or_ncdhw_input_names=keep_ncw,
         keep_nwc_or_nhwc_or_ndhwc_input_names=keep_nhwc,
@@ -553,7 +559,7 @@ def run_litert_torch(request: dict[str, Any]) -> dict[str, Any]:
     try:
         import litert_torch
     except ImportError as exc:
-        raise ConverterMissing(f"litert-torch not importable: {_first_line(exc)}") from exc
+        raise ConverterMissing(f"litert-torch not importable: {first_line(exc, 400)}") from exc
     program = torch.export.load(request["program"])
     module = program.module()
     sample_args = tuple(torch.from_numpy(np.load(path, allow_pickle=False)) for path in request["sample_args"])
@@ -574,11 +580,6 @@ MODES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:400]
-
-
 def _write_result(path: Path, result: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(result), encoding="utf-8")
@@ -594,7 +595,7 @@ def _run(mode: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return EXIT_FAILED, {"ok": False, "error": f"converter exited with status {exc.code}"}
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         traceback.print_exc()
-        return EXIT_FAILED, {"ok": False, "error": f"{type(exc).__name__}: {_first_line(exc)}"}
+        return EXIT_FAILED, {"ok": False, "error": f"{type(exc).__name__}: {first_line(exc, 400)}"}
 
 
 def main(argv: list[str] | None = None) -> int:

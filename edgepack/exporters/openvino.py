@@ -29,11 +29,15 @@ class OpenVinoPredictor(Predictor):
 
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = core.compile_model(str(xml), "CPU", config)
+        model = core.read_model(str(xml))
+        # Output names from the IR: compiling can fuse an output's producer (e.g. Shape -> Cast) and give its
+        # port a second, internal name that get_any_name() may pick.
+        names = [port.get_any_name() for port in model.outputs]
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self._tensor = ov.Tensor
         self._inputs = {name: port for port in self.compiled.inputs for name in port.get_names()}
-        self._outputs = [(port.get_any_name(), port) for port in self.compiled.outputs]
+        self._outputs = list(zip(names, self.compiled.outputs))
         self.output_names = [name for name, _ in self._outputs]
 
     def __call__(self, inputs: Arrays) -> Arrays:

@@ -1,7 +1,8 @@
 """Turn a source string into a :class:`ModelSource`.
 
 Dispatch is by prefix (``torchvision:``, ``timm:``, ``hf:``, ``demo:``) or by file suffix (``.onnx``,
-``.pt2``, ``.py:factory``); each loader infers the input specs where the source knows them.
+``.pt2``, ``.py:factory``, TorchScript ``.jit``/``.pt``/``.pth``/``.ts``: :mod:`edgepack.models.torchscript`);
+each loader infers the input specs where the source knows them.
 Torch modules are built with a fixed seed so random-init architectures are reproducible.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 from edgepack.errors import InputError, SourceError
 from edgepack.hashing import file_sha256, module_sha256
 from edgepack.models.pretrained import RANDOM_WEIGHTS, Pretrained, create_timm_pretrained, load_torchvision_weights
-from edgepack.models.source import ModelSource, Preprocess, TensorSpec
+from edgepack.models.source import ConstantInput, ModelSource, Preprocess, TensorSpec
 
 IMAGENET = Preprocess(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), description="RGB 0..255")
 SEED = 0
@@ -27,6 +28,8 @@ SEED = 0
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
+    if text and text[0].startswith("The following operation failed in the TorchScript interpreter"):
+        text = [text[-1]]  # TorchScript puts the model's own exception (builtins.ValueError: ...) last
     return (text[0] if text else type(exc).__name__)[:240]
 
 
@@ -106,6 +109,15 @@ def _flatten_outputs(result: Any) -> list[Any]:
     raise SourceError(f"model output of type {type(result).__name__} is not a tensor or a tuple of tensors")
 
 
+def _tensor_inputs(given: Sequence[TensorSpec | ConstantInput], uri: str) -> list[TensorSpec]:
+    """``given`` when it holds tensor specs only; constants (``NAME:TYPE=VALUE``) are for TorchScript sources."""
+    constants = [entry.text() for entry in given if isinstance(entry, ConstantInput)]
+    if constants:
+        raise InputError(f"--input {', '.join(constants)}: constant arguments apply to TorchScript sources, not {uri}",
+                         hint="give tensor inputs as NAME:DIMS[:DTYPE]")
+    return list(given)
+
+
 def _merge_inputs(inferred: list[TensorSpec], given: Sequence[TensorSpec], uri: str) -> list[TensorSpec]:
     """Apply ``--input`` overrides (by name, or by position for a single input)."""
     if not given:
@@ -146,6 +158,7 @@ class _TupleOutputs:
 
 
 def _torch_source(kind: str, uri: str, name: str, module: Any, inputs: list[TensorSpec], output_names=None, **extra: Any) -> ModelSource:
+    _tensor_inputs(inputs, uri)
     try:
         module = module.eval()
     except NotImplementedError:  # modules of torch.export programs are already in inference form
@@ -373,6 +386,21 @@ def _load_pt2(path: Path, uri: str, given: Sequence[TensorSpec]) -> ModelSource:
     return source
 
 
+def _load_torchscript(path: Path, uri: str, given: Sequence[TensorSpec | ConstantInput]) -> ModelSource:
+    """A TorchScript archive, its non-tensor ``forward`` arguments frozen (:mod:`edgepack.models.torchscript`)."""
+    from edgepack.models import torchscript
+
+    module = torchscript.load_archive(path)
+    arguments = torchscript.forward_arguments(module)
+    tensors, constants = torchscript.split_inputs(path, arguments, given)
+    bound, state = torchscript.bind(module, tensors, constants, arguments)
+    source = _torch_source("torchscript", uri, path.stem, bound, tensors)
+    source.sha256 = file_sha256(path)
+    source.constants = constants
+    source.extra["torchscript_state"] = state  # attributes restored after every call (frozen in the graph)
+    return source
+
+
 def _load_hf(directory: Path, uri: str, given: Sequence[TensorSpec]) -> ModelSource:
     import os
 
@@ -420,7 +448,8 @@ def _load_demo(name: str, uri: str, given: Sequence[TensorSpec]) -> ModelSource:
 
 
 def load_source(
-    text: str, *, weights: str | Path | None = None, inputs: Sequence[TensorSpec] = (), random_weights: bool = False,
+    text: str, *, weights: str | Path | None = None, inputs: Sequence[TensorSpec | ConstantInput] = (),
+    random_weights: bool = False,
 ) -> ModelSource:
     """Load a model from a source string (see module docstring) with optional weights and input specs.
 
@@ -431,6 +460,7 @@ def load_source(
     if random_weights and not (prefix in ("torchvision", "timm") and rest):
         raise InputError(f"--random-weights applies to torchvision:NAME and timm:NAME sources, not '{text}'")
     if prefix in ("torchvision", "timm", "hf", "demo") and rest:
+        inputs = _tensor_inputs(inputs, text)
         if weights_path is not None and prefix in ("hf", "demo"):
             raise InputError(f"--weights is not used with {prefix}: sources")
         if random_weights and weights_path is not None:
@@ -444,10 +474,16 @@ def load_source(
         return _load_demo(rest, text, inputs)
     factory_match = re.match(r"^(?P<path>.+\.py):(?P<factory>[A-Za-z_][A-Za-z0-9_]*)$", text)
     if factory_match:
-        return _load_factory(Path(factory_match["path"]), factory_match["factory"], text, weights_path, inputs)
+        return _load_factory(Path(factory_match["path"]), factory_match["factory"], text, weights_path,
+                             _tensor_inputs(inputs, text))
     path = Path(text)
     if weights_path is not None:
         raise InputError(f"--weights is not used with {path.suffix or 'file'} sources (the file holds the weights)")
+    from edgepack.models.torchscript import SUFFIXES
+
+    if path.suffix in SUFFIXES:
+        return _load_torchscript(path, text, inputs)
+    inputs = _tensor_inputs(inputs, text)
     if path.suffix == ".onnx":
         return _load_onnx(path, text, inputs)
     if path.suffix == ".pt2":
@@ -456,5 +492,6 @@ def load_source(
         return _load_hf(path, text, inputs)
     raise InputError(
         f"'{text}' is not a model source",
-        hint="use torchvision:NAME, timm:NAME, file.py:factory, model.onnx, model.pt2, hf:DIR or demo:digits",
+        hint="use torchvision:NAME, timm:NAME, file.py:factory, model.onnx, model.pt2, a TorchScript model.jit/.pt, "
+        "hf:DIR or demo:digits",
     )

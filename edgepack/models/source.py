@@ -12,6 +12,8 @@ Dim = int | str
 """A tensor dimension: a fixed size, or a symbolic name such as ``"batch"``."""
 
 SUPPORTED_DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
+BATCH_DIM_NAMES = ("batch", "batch_size", "batchsize", "n", "b", "bs")
+"""Symbolic dim names (case-insensitive) that say "this axis is the batch"."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,21 @@ class TensorSpec:
         """The shape with every symbolic dim replaced by ``batch`` (symbolic dims are batch-like)."""
         return tuple(d if isinstance(d, int) else batch for d in self.shape)
 
+    @property
+    def batch_axis(self) -> int:
+        """The axis a batch of samples is stacked on.
+
+        Axis 0 when the first dim is 1 or symbolic (the usual ``[batch, ...]``). Inputs whose first dim is a
+        fixed size above 1 (an LSTM state ``[2, batch, 128]``) have it elsewhere: the symbolic dim named like
+        a batch (:data:`BATCH_DIM_NAMES`, or containing "batch"), else the first symbolic dim, else the first
+        dim of size 1; axis 0 when there is none."""
+        if not self.shape or not isinstance(self.shape[0], int) or self.shape[0] == 1:
+            return 0
+        symbolic = [i for i, d in enumerate(self.shape) if isinstance(d, str)]
+        named = [i for i in symbolic if str(self.shape[i]).lower() in BATCH_DIM_NAMES or "batch" in str(self.shape[i]).lower()]
+        ones = [i for i, d in enumerate(self.shape) if d == 1]
+        return (named or symbolic or ones or [0])[0]
+
     def with_static_shape(self, batch: int = 1) -> "TensorSpec":
         return replace(self, shape=self.concrete_shape(batch))
 
@@ -77,7 +94,24 @@ class TensorSpec:
         return out
 
 
-SourceKind = Literal["torchvision", "timm", "factory", "onnx", "pt2", "hf", "demo"]
+@dataclass(frozen=True)
+class ConstantInput:
+    """A non-tensor ``forward`` argument frozen to a constant (``--input sr:int=16000``; TorchScript sources)."""
+
+    name: str
+    dtype: Literal["int", "float", "bool"]
+    value: int | float | bool
+
+    def text(self) -> str:
+        """The ``--input`` form, ``NAME:TYPE=VALUE``."""
+        value = str(self.value).lower() if self.dtype == "bool" else str(self.value)
+        return f"{self.name}:{self.dtype}={value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "value": self.value}
+
+
+SourceKind = Literal["torchvision", "timm", "factory", "onnx", "pt2", "torchscript", "hf", "demo"]
 
 
 @dataclass
@@ -102,6 +136,8 @@ class ModelSource:
     """Hash of user code that defines the model's forward (a factory's .py file), when there is any."""
     weights: str | None = None
     """Where the weights came from (``pretrained: ...``, ``file ...``, or random), for sources that choose."""
+    constants: list[ConstantInput] = field(default_factory=list)
+    """Non-tensor arguments frozen into the model (TorchScript ``forward(x, sr: int)``); not artifact inputs."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Source-specific facts (e.g. the demo's built-in calibration/eval data)."""
 
@@ -118,4 +154,5 @@ class ModelSource:
             "inputs": [spec.to_dict() for spec in self.inputs],
             "outputs": [spec.to_dict() for spec in self.outputs],
             **({"weights": self.weights} if self.weights is not None else {}),
+            **({"constants": [c.to_dict() for c in self.constants]} if self.constants else {}),
         }

@@ -143,7 +143,12 @@ def domain_sample(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Gener
 
 def domain_dataset_arrays(specs: Sequence[TensorSpec], count: int, *, seed: int = 0) -> dict[str, np.ndarray]:
     """``count`` samples per input stacked on axis 0: domain-shaped where the input's kind is recognised,
-    else :func:`edgepack.models.sample.example_inputs`' generic values."""
+    else :func:`edgepack.models.sample.example_inputs`' generic values. Each batch-1 sample is generated in
+    the model's layout; an input whose batch axis is not 0 (:attr:`TensorSpec.batch_axis`, an LSTM state
+    ``[2, batch, 128]``) is stored with that axis first and named in the result's ``batch_axes``
+    (:class:`edgepack.data.dataset.InputArrays`), so a :class:`~edgepack.data.dataset.Dataset` built from it
+    feeds the model ``[2, 1, 128]``."""
+    from edgepack.data.dataset import InputArrays
     from edgepack.models.sample import example_inputs
 
     out: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
@@ -152,5 +157,7 @@ def domain_dataset_arrays(specs: Sequence[TensorSpec], count: int, *, seed: int 
         generic = example_inputs(specs, batch=1, seed=seed + index)
         for spec in specs:
             sample = domain_sample(spec, spec.concrete_shape(1), rng)
-            out[spec.name].append(generic[spec.name] if sample is None else sample)
-    return {name: np.concatenate(samples, axis=0) for name, samples in out.items()}
+            sample = generic[spec.name] if sample is None else sample
+            out[spec.name].append(np.moveaxis(sample, spec.batch_axis, 0))
+    axes = {spec.name: spec.batch_axis for spec in specs}
+    return InputArrays({name: np.concatenate(samples, axis=0) for name, samples in out.items()}, axes)
