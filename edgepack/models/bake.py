@@ -23,17 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from edgepack._fs import make_temp_dir
 from edgepack.errors import InputError
+from edgepack.models.onnx_rewrite import save_rewritten
 from edgepack.models.source import ModelSource, Preprocess, TensorSpec
 
 BAKED_PREFIX = "baked into the model: "
 """Start of the description of a baked input's (identity) preprocessing."""
 UNBAKED_KEY = "unbaked_inputs"
 """``ModelSource.extra`` key holding the float input specs the baked inputs replaced."""
-WORK_PREFIX = "edgepack-"
-"""Where a baked ONNX file goes without a work dir: ``edgepack-<pid>.<random>``, swept by later runs once this
-process has gone (:func:`edgepack._fs.sweep_stale`)."""
 
 
 def is_image_input(spec: TensorSpec) -> bool:
@@ -231,12 +228,7 @@ def _bake_onnx(
     del graph.node[:]
     graph.node.extend(nodes + existing)
     graph.initializer.extend(initializers)
-    onnx.checker.check_model(model)
-    folder = workdir if workdir is not None else make_temp_dir(WORK_PREFIX)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{path.stem}.baked.onnx"
-    onnx.save(model, str(out))
-    return out
+    return save_rewritten(model, path, workdir, "baked")
 
 
 def load_baked_dataset(path: str | Path, source: ModelSource, *, require_labels: bool) -> Any:

@@ -27,8 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgepack._fs import make_temp_dir
 from edgepack.errors import InputError
+from edgepack.models.onnx_rewrite import save_rewritten
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.postprocess.graph import MIN_OPSET, OnnxBuilder, build_nms
 from edgepack.postprocess.settings import OUTPUT_NAMES, Layout, NmsSettings, head_layout
@@ -37,7 +37,6 @@ POSTPROCESS_KEY = "postprocess"
 """``ModelSource.extra`` key holding :meth:`NmsSettings.to_dict` (read by the contract, the gate, the manifest)."""
 RAW_OUTPUTS_KEY = "raw_outputs"
 """``ModelSource.extra`` key holding the head output specs the detections replaced."""
-WORK_PREFIX = "edgepack-"
 
 
 def output_specs(settings: NmsSettings) -> list[TensorSpec]:
@@ -134,12 +133,7 @@ def _append_onnx(
     del graph.output[:]
     graph.output.extend(helper.make_tensor_value_info(spec.name, types[spec.name], list(spec.shape))
                         for spec in output_specs(settings))
-    onnx.checker.check_model(model)
-    folder = workdir if workdir is not None else make_temp_dir(WORK_PREFIX)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{path.stem}.nms.onnx"
-    onnx.save(model, str(out))
-    return out
+    return save_rewritten(model, path, workdir, "nms")
 
 
 def _torch_classes() -> tuple[type, type]:
