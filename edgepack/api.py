@@ -395,7 +395,7 @@ def _check_recipes_apply(profiles: Sequence[TargetProfile], recipes: RecipeBook,
             exporter = get_exporter(profile.runtime)
         except EdgepackError:
             return  # an unsupported runtime is reported per target
-        reasons = [exporter.supports(_probe_recipe(recipes.get(name))) for name in names]
+        reasons = [exporter.refusal(_probe_recipe(recipes.get(name))) for name in names]
         if any(reason is None for reason in reasons):
             return
         refusals.append((profile.id, str(reasons[0])))

@@ -431,7 +431,7 @@ class _Chain:
         for name in self.result.profile.recipes:
             recipe = self.recipes.get(name)
             probe = recipe.model_copy(update={"precision": "int8"}) if recipe.precision == "mixed" else recipe
-            reason = self.exporter.supports(probe)
+            reason = self.exporter.refusal(probe)
             if reason is None and self.calib is None and QuantizationPlan(probe, None).needs_calibration:
                 reason = f"recipe '{name}' needs calibration data (--calib)"
             if reason is not None:

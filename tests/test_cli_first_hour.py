@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli_lines import message_lines
+
 from edgepack.cli import _gate_text, _print_export_summary, app
 
 CLI = [sys.executable, "-m", "edgepack.cli"]
@@ -294,3 +296,19 @@ def test_the_python_snippet_in_a_bundle_runs_and_prints_its_outputs(exported):
     done = subprocess.run([sys.executable, str(snippet)], capture_output=True, text=True, timeout=300, cwd="/")
     assert done.returncode == 0, done.stderr
     assert re.search(r"^\S+: float32 \[1, 10\]$", done.stdout, re.M), done.stdout
+
+
+def test_a_core_ml_weight_coding_recipe_is_refused_for_a_runtime_that_stores_plain_weights(tmp_path):
+    """Issue 18, item 15: `--recipe palettize-6bit -t host-ort` was accepted and shipped clustered fp32 weights."""
+    from edgepack.compress.recipe import load_recipes
+    from edgepack.exporters.registry import get_exporter
+
+    proc = run("export", "demo:digits", "--recipe", "palettize-6bit", "-t", "host-ort", "-o", str(tmp_path))
+    assert proc.returncode == 2 and not any(tmp_path.iterdir())
+    assert message_lines(proc.stderr) == [
+        "edgepack: error: --recipe palettize-6bit cannot run on host-ort: recipe 'palettize-6bit' stores weights as "
+        "look-up tables (palettization), which onnxruntime artifacts store as plain values: accuracy lost, no bytes "
+        "saved ('edgepack targets show host-ort' lists the recipes it runs)"]
+    recipe = load_recipes().get("palettize-6bit")
+    assert get_exporter("coreml").refusal(recipe) is None  # Core ML stores the look-up tables
+    assert get_exporter("openvino").refusal(recipe) is not None

@@ -136,6 +136,11 @@ class NotRunnable:
     reason: str
 
 
+WEIGHT_CODING_PASSES: dict[str, str] = {"palettize": "stores weights as look-up tables (palettization)"}
+"""Passes whose only benefit is how the format stores the weights, with what they do (a recipe with one is
+refused by exporters that do not list it in :attr:`Exporter.stored_weight_codings`)."""
+
+
 class Exporter(ABC):
     """One runtime's adapter: export a source for a profile with a recipe; run it where possible."""
 
@@ -150,13 +155,26 @@ class Exporter(ABC):
         """Installed versions of this runtime's toolchain, and install hints for missing parts."""
         return Toolchain.of(*self.distributions)
 
+    stored_weight_codings: ClassVar[frozenset[str]] = frozenset()
+    """Weight-coding passes (:data:`WEIGHT_CODING_PASSES`) whose result this runtime's format stores compactly."""
+
     def supports(self, recipe: Recipe) -> str | None:
-        """``None`` when this exporter can apply ``recipe``, else the reason it cannot."""
+        """``None`` when this exporter can apply ``recipe``, else the reason it cannot (runtime-specific rules;
+        callers ask :meth:`refusal`, which adds the rules every exporter shares)."""
         return None
 
+    def refusal(self, recipe: Recipe) -> str | None:
+        """``None`` when this exporter can apply ``recipe``, else why not: a weight-coding pass whose coding
+        the format cannot store (the artifact would lose accuracy and save no bytes), or :meth:`supports`."""
+        for spec in recipe.passes:
+            if spec.name in WEIGHT_CODING_PASSES and spec.name not in self.stored_weight_codings:
+                return (f"recipe '{recipe.name}' {WEIGHT_CODING_PASSES[spec.name]}, which {self.runtime} artifacts "
+                        "store as plain values: accuracy lost, no bytes saved")
+        return self.supports(recipe)
+
     def require_support(self, recipe: Recipe) -> None:
-        """Raise :class:`~edgepack.errors.UnsupportedError` with :meth:`supports`' reason when it refuses ``recipe``."""
-        reason = self.supports(recipe)
+        """Raise :class:`~edgepack.errors.UnsupportedError` with :meth:`refusal`'s reason when it refuses ``recipe``."""
+        reason = self.refusal(recipe)
         if reason is not None:
             raise UnsupportedError(reason)
 

@@ -157,10 +157,13 @@ def search_space(
             base = book.get(BASE_RECIPES[precision])
             changes = tuple((p, v) for p, v in settings if _current(base, p) != v)
             probe = Candidate(precision, changes).recipe(book)
-            if exporter.supports(probe) is not None:
+            if exporter.refusal(probe) is not None:
                 continue
             for extra, top in itertools.product(passes, excludes):
-                candidates.append(Candidate(precision, changes, extra, top))
+                candidate = Candidate(precision, changes, extra, top)
+                if extra and exporter.refusal(candidate.recipe(book)) is not None:
+                    continue  # e.g. palettization on a runtime that stores plain weights
+                candidates.append(candidate)
     return candidates
 
 
