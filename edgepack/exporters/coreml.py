@@ -127,6 +127,7 @@ class CoreMlExporter(Exporter):
 
     runtime = "coreml"
     artifact_formats = {"mlpackage": ".mlpackage"}
+    stored_weight_codings = frozenset({"palettize"})  # constexpr_lut_to_dense
     distributions: ClassVar[tuple[str, ...]] = ("coremltools", "torch")
 
     def supports(self, recipe: Recipe) -> str | None:
@@ -143,6 +144,9 @@ class CoreMlExporter(Exporter):
         self, source: ModelSource, profile: TargetProfile, recipe: Recipe, calib: Dataset | None, workdir: Path
     ) -> Artifact:
         self.require_support(recipe)
+        if source.extra.get("postprocess"):
+            raise UnsupportedError("--postprocess nms is not built for Core ML yet (no NMS pipeline model is "
+                                   "generated); export Core ML targets without --postprocess")
         from edgepack.exporters.coreml_compress import compress, plan_compression
         from edgepack.exporters.coreml_convert import convert
 
