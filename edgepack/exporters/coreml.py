@@ -4,6 +4,9 @@ Conversion (``coreml_convert``): ``torch.jit.trace`` then ``torch.export``, fp16
 recipe), float32 model I/O, the deployment target from the profile's ``ios``/``macos`` toolchain pin.
 Compression (``coreml_compress``): palettization, sparsity and int8 weights with ``coremltools.optimize.coreml``;
 W8A8 (``coreml_w8a8``): int8 activations calibrated on the user's data, iOS 17 / macOS 14 and later.
+ONNX sources (coremltools has no ONNX frontend) first become a torch module with ``onnx2torch``
+(:mod:`edgepack.models.onnx_to_torch`: normalised, then checked against ONNX Runtime) and are converted with
+static input shapes, the ones the ONNX graph was fixed to.
 
 Core ML ``predict`` exists only on macOS/iOS, so nothing is run here: the predictor is :class:`NotRunnable`
 and the manifest states that parity and accuracy are not measurable on this host. The artifact is
@@ -18,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +33,7 @@ from edgepack.errors import ExportError, ProfileError, UnsupportedError
 from edgepack.exporters.base import Artifact, Exporter, NotRunnable, Predictor
 from edgepack.exporters.coreml_ane import DESCRIPTOR, PACKAGE, compute_plan_counts, import_coremltools, spec_path
 from edgepack.hashing import file_sha256
+from edgepack.models.onnx_to_torch import TorchFromOnnx
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.targets.schema import TargetProfile
 
@@ -74,7 +79,7 @@ def _static_check(package: Path, source: ModelSource, opset_major: int, planned:
     io = io_description(package)
     for kind, specs in (("inputs", source.inputs), ("outputs", source.outputs)):
         names = [entry["name"] for entry in io[kind]]
-        if names != [spec.name for spec in specs]:
+        if names != [coreml_name(spec.name) for spec in specs]:
             raise ExportError(f"Core ML {kind} {names} do not match the source's {[s.name for s in specs]}")
         for entry, spec in zip(io[kind], specs):
             dtype = "float32" if spec.dtype.startswith("float") else "int32"
@@ -95,6 +100,15 @@ def _static_check(package: Path, source: ModelSource, opset_major: int, planned:
     return {"io": io, "opset": opset, "compression_ops": compressed, "static_check": "passed"}
 
 
+def coreml_name(name: str) -> str:
+    """The feature name coremltools gives a source I/O name (``[A-Za-z_][A-Za-z0-9_]*``: ONNX names such as
+    ``save_infer_model/scale_0.tmp_1`` become ``save_infer_model_scale_0_tmp_1``)."""
+    import_coremltools()
+    from coremltools.converters.mil.mil.passes.defs.preprocess import NameSanitizer
+
+    return NameSanitizer().sanitize_name(name)
+
+
 def package_sha256(package: Path) -> str:
     """One hash for a package directory: SHA-256 over its files' relative paths and SHA-256s, in path order."""
     digest = hashlib.sha256()
@@ -112,14 +126,24 @@ class PackageArtifact(Artifact):
 
 
 def _artifact_specs(specs: list[TensorSpec], dynamic: bool) -> tuple[TensorSpec, ...]:
-    """I/O as the artifact sees them: integer inputs are int32 in Core ML; symbolic dims stay when flexible."""
+    """I/O as the artifact sees them: integer inputs are int32 in Core ML, names as coremltools sanitised them
+    (:func:`coreml_name`); symbolic dims stay when flexible."""
     out = []
     for spec in specs:
         spec = spec if dynamic else spec.with_static_shape()
         if spec.dtype == "int64":
             spec = TensorSpec(spec.name, spec.shape, "int32", spec.layout, spec.preprocess, spec.quant)
-        out.append(spec)
+        out.append(replace(spec, name=coreml_name(spec.name)))
     return tuple(out)
+
+
+def _torch_from_onnx(source: ModelSource) -> TorchFromOnnx | None:
+    """The ``onnx2torch`` module of an ONNX-only source (fixed to its input specs), else None."""
+    if source.torch_module is not None or source.exported_program is not None or source.onnx_path is None:
+        return None
+    from edgepack.models.onnx_to_torch import onnx_to_torch
+
+    return onnx_to_torch(source.onnx_path, source.inputs)
 
 
 class CoreMlExporter(Exporter):
@@ -158,7 +182,11 @@ class CoreMlExporter(Exporter):
         if too_new:
             raise UnsupportedError(f"{', '.join(too_new)}; {profile.id}'s minimum deployment target is {target_name}")
         compute = COMPUTE_PRECISION[recipe.precision]
-        converted = convert(source, target, fp16=compute == "fp16", dynamic=profile.dynamic_shapes)
+        from_onnx = _torch_from_onnx(source)
+        if from_onnx is not None:
+            source = replace(source, torch_module=from_onnx.module)
+        converted = convert(source, target, fp16=compute == "fp16",
+                            dynamic=profile.dynamic_shapes and from_onnx is None)
         model, compression = compress(converted.model, steps)
         planned = [s.name for s in steps]
         if recipe.precision == "int8":
@@ -182,16 +210,24 @@ class CoreMlExporter(Exporter):
         staging.parent.rmdir()
         inputs = _artifact_specs(source.inputs, converted.dynamic)
         outputs = _artifact_specs(source.outputs, converted.dynamic)
+        if from_onnx is not None:  # symbolic ONNX output dims, concrete for the fixed inputs
+            outputs = tuple(replace(spec, shape=shape) for spec, shape in zip(outputs, from_onnx.output_shapes))
         toolchain = self.toolchain().versions
+        if from_onnx is not None:
+            toolchain = {**toolchain, "onnx2torch": metadata.version("onnx2torch")}
         # Before the static check and the descriptor's spec hash: the spec is final from here on.
         self._embed(package, Contract.build(source, target=profile.id, recipe=recipe.name, precision=compute,
                                             format="mlpackage", inputs=inputs, outputs=outputs, toolchain=toolchain))
         checks = _static_check(package, source, ios_major, planned)
         plan = compute_plan_counts(package)
+        renamed = {spec.name: coreml_name(spec.name) for spec in (*source.inputs, *source.outputs)
+                   if coreml_name(spec.name) != spec.name}
         settings: dict[str, Any] = {
             "deployment_target": target_name, "compute_precision": compute,
             "model_io": "float32 (int32 for integer inputs)",
             "conversion_failures": list(converted.failures), **compression, **checks,
+            **({"onnx_to_torch": from_onnx.describe()} if from_onnx is not None else {}),
+            **({"renamed_io": renamed} if renamed else {}),
             "compute_plan": plan if plan is not None else "not available (MLComputePlan needs macOS)",
             "predict": "macOS/iOS only",
         }
@@ -202,7 +238,8 @@ class CoreMlExporter(Exporter):
         return PackageArtifact(
             target_id=profile.id, runtime=self.runtime, path=package, files=files, format="mlpackage",
             precision=compute, recipe=recipe.name, inputs=inputs, outputs=outputs, toolchain=toolchain,
-            converter=f"coremltools ({converted.converter})", settings=settings,
+            converter=f"coremltools ({'onnx2torch + ' if from_onnx is not None else ''}{converted.converter})",
+            settings=settings,
             notes=(f"Core ML mlprogram for {target_name}+; open model.mlpackage in Xcode or load it with "
                    "MLModel(contentsOf:) on the device. Parity and accuracy were not measured (no Core ML here).",),
         )
