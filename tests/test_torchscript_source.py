@@ -250,15 +250,21 @@ def test_silero_vad_jit_exports_with_parity(tmp_path):
         np.testing.assert_allclose(session.run(None, {"x": chunk})[0], expected, rtol=1e-4, atol=1e-6)
 
 
+def _silero_on_host_ort(path, inputs: list[str], tmp_path):
+    """Silero's archive exported fp32 to host-ort with ``inputs``: its manifest entry (shipped, parity passed)
+    and an ONNX Runtime session on the shipped file."""
+    result = api.export(str(path), ["host-ort"], inputs=inputs, out=tmp_path / "out", cache=False,
+                        recipe_chain=["fp32"])
+    entry = result.manifest["targets"]["host-ort"]
+    assert entry["status"] == "ok" and entry["parity"]["passed"], entry
+    return entry, ort.InferenceSession(str(result.bundle / entry["artifact"]["path"]))
+
+
 @pytest.mark.slow
 def test_silero_vad_jit_8khz_branch(tmp_path):
     """``sr:int=8000`` with 256-sample chunks exports the archive's 8 kHz model, not the 16 kHz one."""
     path = corpus.model_path("silero-vad-jit")
-    result = api.export(str(path), ["host-ort"], inputs=["x:1x256", "sr:int=8000"], out=tmp_path / "out",
-                        cache=False, recipe_chain=["fp32"])
-    entry = result.manifest["targets"]["host-ort"]
-    assert entry["status"] == "ok" and entry["parity"]["passed"], entry
-    session = ort.InferenceSession(str(result.bundle / entry["artifact"]["path"]))
+    _, session = _silero_on_host_ort(path, ["x:1x256", "sr:int=8000"], tmp_path)
     chunk = _speech_like(256, 1)[0]
     expected = torch.jit.load(str(path))(torch.from_numpy(chunk), 8000).detach().numpy()
     np.testing.assert_allclose(session.run(None, {"x": chunk})[0], expected, rtol=1e-4, atol=1e-6)
@@ -271,12 +277,8 @@ def test_silero_vad_jit_8khz_branch(tmp_path):
 def test_silero_vad_jit_keeps_a_symbolic_batch(tmp_path):
     """``x:batchx512`` on a dynamic-shape profile: one artifact runs every batch size like the archive."""
     path = corpus.model_path("silero-vad-jit")
-    result = api.export(str(path), ["host-ort"], inputs=["x:batchx512", "sr:int=16000"], out=tmp_path / "out",
-                        cache=False, recipe_chain=["fp32"])
-    entry = result.manifest["targets"]["host-ort"]
-    assert entry["status"] == "ok" and entry["parity"]["passed"], entry
+    entry, session = _silero_on_host_ort(path, ["x:batchx512", "sr:int=16000"], tmp_path)
     assert entry["artifact"]["inputs"] == [{"name": "x", "shape": ["batch", 512], "dtype": "float32"}]
-    session = ort.InferenceSession(str(result.bundle / entry["artifact"]["path"]))
     chunks = _speech_like(512, 3)[:, 0]
     expected = torch.jit.load(str(path))(torch.from_numpy(chunks), 16000).detach().numpy()
     np.testing.assert_allclose(session.run(None, {"x": chunks})[0], expected, rtol=1e-4, atol=1e-6)
