@@ -33,9 +33,9 @@ from edgepack.compress.quantize import cpu_flags
 from edgepack.data.dataset import Dataset
 from edgepack.device_bench.compare import time_block
 from edgepack.exporters.base import Predictor
-from edgepack.exporters.onnx import export_onnx
-from edgepack.exporters.openvino import OpenVinoPredictor
-from edgepack.exporters.ort import OrtPredictor
+from edgepack.exporters.onnx.hub import export_onnx
+from edgepack.exporters.openvino.predictor import OpenVinoPredictor
+from edgepack.exporters.ort.predictor import OrtPredictor
 from edgepack.models.loaders import load_source
 from edgepack.models.sample import example_dataset_arrays, recalibrate_batchnorm
 from edgepack.models.source import ModelSource
@@ -172,7 +172,7 @@ def tflite_rows(name: str, source: ModelSource, work: Path, calib: Path, evaluat
 
     The peers' TFLite int8 default (onnx2tf -oiqt) is the same converter edgepack drives, so its row is
     edgepack's int8 candidate; onnx2tf's own default downloads sample images, which edgepack never lets it."""
-    from edgepack.exporters.tflite_io import TflitePredictor
+    from edgepack.exporters.tflite.model_io import TflitePredictor
 
     variants = (("fp32", {"recipe_chain": ["fp32"]}),) + EDGEPACK_VARIANTS
     made = _edgepack_variants(source, "android-pixel8", calib, work,

@@ -31,7 +31,7 @@ from edgepack.compress.recipe import RecipeBook, load_recipe_file, load_recipes
 from edgepack.data.dataset import Dataset, load_dataset
 from edgepack.data.image_folder import load_image_folder
 from edgepack.data.metric_function import MetricFunction, is_metric_function, load_metric_function
-from edgepack.exporters.onnx import export_onnx
+from edgepack.exporters.onnx.hub import export_onnx
 from edgepack.errors import DataError, EdgepackError, InputError, OutputError, environment_failure
 from edgepack.export_cache import ExportCache, default_cache_dir, target_key
 from edgepack.models.in_memory import is_torch_module, source_from_module
@@ -40,6 +40,7 @@ from edgepack.models.labels import read_labels, with_labels
 from edgepack.models.loaders import load_source
 from edgepack.models.reference import reference_predictor
 from edgepack.models.sample import example_dataset_arrays
+from edgepack.models.synthetic import synthetic_calibration
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.postprocess import POSTPROCESS_KEY, apply_postprocess, parse_postprocess
 from edgepack.pipeline import Evaluation, ProgressFn, TargetResult, run_target
@@ -50,8 +51,6 @@ from edgepack.targets.registry import Registry, load_registry
 from edgepack.targets.schema import TargetProfile
 
 PARITY_SAMPLES = 32
-CHECK_CONVERTERS = {"tflite": "tflite"}
-"""Which exporter produces the graph a vocabulary is checked on (Edge TPU profiles are checked on TFLite)."""
 SYNTHETIC_SAMPLES = 8
 SYNTHETIC_ORIGIN = "synthetic, domain-shaped"
 """How inputs edgepack made are labelled in the manifest (:mod:`edgepack.models.synthetic`)."""
@@ -264,8 +263,8 @@ def export(
         raise InputError(f"--metric {metric}: --postprocess nms artifacts are gated on {DETECTION_METRIC} (boxes "
                          "against the fp32 model's)", hint=f"leave --metric out or use {DETECTION_METRIC}")
     signer = load_signer(Path(sign_key)) if sign_key is not None else None
-    bench_runner = _bench_runner(bench) if bench is not None else None  # a bad runner URI fails before any work
     registry = registry or load_registry()
+    bench_runner = _bench_runner(bench, registry) if bench is not None else None  # a bad runner URI fails before any work
     recipes = recipes or load_recipes()
     profiles = _resolve_targets(registry, targets)
     if recipe_chain:
@@ -299,6 +298,8 @@ def export(
         _check_eval_set(eval_set, model)
     bundle_name = _bundle_name(model, name)
     evaluation = _evaluation(model, calib_data, eval_set if scorer is None else None, max_drop, max_slowdown, metric, scorer)
+    if calib_data is None:  # static int8 calibrates on domain-shaped data edgepack makes (after the gate's own set)
+        calib_data = synthetic_calibration(model.inputs)
     destination = Path(out) / f"{bundle_name}.edgepack"
     training = PassContext(calib=calib_data, train_data=train_data, train_step=train_step,
                            input_names=tuple(s.name for s in model.inputs), extra=dict(pass_options or {}))
@@ -506,10 +507,10 @@ def _writable_output(destination: Path) -> Iterator[None]:
                 pass
 
 
-def _bench_runner(uri: str) -> Any:
+def _bench_runner(uri: str, registry: Registry) -> Any:
     from edgepack.device_bench.runners import runner_for_uri
 
-    return runner_for_uri(uri)
+    return runner_for_uri(uri, registry=registry)
 
 
 def _bench_staged(runner: Any, staging: Path | None, manifest: dict[str, Any], config: Any) -> None:
@@ -633,7 +634,7 @@ def check(
     fp32 TFLite conversion; each accelerator in its own preferred precision. ``None`` when the profile has no
     accelerator with an op table (everything runs on its CPU).
     """
-    from edgepack.exporters.registry import get_exporter
+    from edgepack.exporters.registry import check_exporter
     from edgepack.targets.placement import placement_for
 
     profile = (registry or load_registry()).get(target)
@@ -647,8 +648,9 @@ def check(
         # op set); the export's placement report judges the precision actually shipped.
         if vocabularies <= {"onnx"}:
             return placement_for(profile, None, hub, "onnx", hub)
-        converter = get_exporter(CHECK_CONVERTERS.get(next(iter(vocabularies)), profile.runtime))
-        artifact = converter.export(model, profile, load_recipes().get("fp32"), None, scratch / "fp32")
+        fp32 = load_recipes().get("fp32")
+        converter = check_exporter(next(iter(vocabularies)), profile.runtime, fp32)
+        artifact = converter.export(model, profile, fp32, None, scratch / "fp32")
         return placement_for(profile, None, artifact.path, artifact.format, hub)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -578,10 +578,16 @@ def _print_export_summary(result: Any) -> None:
     reasons are printed in full."""
     from rich.markup import escape
 
+    from edgepack.models.synthetic import ORIGIN as SYNTHETIC_CALIBRATION
+
     title = f"bundle {result.bundle}" if result.published else f"not published (previous bundle kept: {result.bundle})"
     weights = (result.manifest.get("source") or {}).get("weights") or ""
     if weights.startswith("random"):
         title += " · RANDOM WEIGHTS (untrained architecture)"
+    calibration = (result.manifest.get("data") or {}).get("calibration") or ""
+    quantized = any("int" in str((entry["artifact"] or {}).get("precision", "")) for entry in result.manifest["targets"].values())
+    if calibration.startswith(SYNTHETIC_CALIBRATION) and quantized:
+        title += f" · calibrated on {calibration} inputs: pass --calib DATA to use yours"
     benched = any("bench" in entry for entry in result.manifest["targets"].values())
     columns = ["target", "precision", "size", "parity", "accuracy", "placement", *(["p50 ms"] if benched else []), "status"]
     rows = []
@@ -676,18 +682,20 @@ def bench(
 
     targets = _split_targets(target)
     with _user_errors("bench" if as_json else None):
-        if targets:
-            from edgepack.targets.registry import load_registry
+        from edgepack.targets.registry import load_registry
 
-            targets = _canonical(load_registry(), targets)
+        registry = load_registry()
+        if targets:
+            targets = _canonical(registry, targets)
         with _progress(not as_json or not sys.stderr.isatty(), targets) as progress:
             config = BenchConfig(min_iters=iterations, min_seconds=seconds, threads=threads, accelerator=accelerator,
                                  batch=batch)
             results = []
             for one in targets or [None]:
-                results.extend(bench_bundle(bundle, one, runner, config, progress=progress, public_key=pub))
+                results.extend(bench_bundle(bundle, one, runner, config, progress=progress, public_key=pub,
+                                            registry=registry))
             if db is not None:
-                from edgepack.device_bench.store import record_bench_results
+                from edgepack.farm.store import record_bench_results
 
                 record_bench_results(db, bundle, results, device=device)
     if as_json:
@@ -722,7 +730,7 @@ def bench(
 
 def _register_subsystems() -> None:
     """Commands owned by other subsystems live beside their code; each module adds its own (lazily importing)."""
-    from edgepack.device_bench import farm_cli
+    from edgepack.farm import cli as farm_cli
     from edgepack.package import cli as package_cli
     from edgepack.search import cli as search_cli
 

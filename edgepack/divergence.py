@@ -18,7 +18,7 @@ import numpy as np
 
 from edgepack.compress.recipe import ParityTolerance
 from edgepack.exporters.base import Artifact, Exporter
-from edgepack.exporters.onnx import onnx_values
+from edgepack.exporters.onnx.hub import onnx_values
 
 
 @dataclass(frozen=True)

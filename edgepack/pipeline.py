@@ -25,11 +25,13 @@ from edgepack.device_bench.compare import LatencyComparison, compare_latency
 from edgepack.data.dataset import Dataset
 from edgepack.errors import EdgepackError, UnsupportedError, environment_failure
 from edgepack.exporters.base import Artifact, Exporter, NotRunnable, Predictor
-from edgepack.exporters.onnx import export_onnx
+from edgepack.exporters.onnx.hub import export_onnx
 from edgepack.exporters.registry import get_exporter
 from edgepack.models.reference import reference_predictor
 from edgepack.models.source import ModelSource
+from edgepack.models.synthetic import calibration_refusal
 from edgepack.parity import ParityReport, compare
+from edgepack.postprocess import float_nodes, postprocess_settings
 from edgepack.session import ExportSession, StageTimer, export_settings_key
 from edgepack.signals import raise_if_interrupted
 from edgepack.targets.placement import placement_for
@@ -269,6 +271,7 @@ class _Chain:
         attempt = Attempt(label, "error", "")
         self.result.attempts.append(attempt)
         try:
+            recipe = self._keep_postprocess_float(recipe)
             compressed = self.source
             if recipe.passes:
                 self.progress(profile.id, f"compressing {label}")
@@ -312,6 +315,17 @@ class _Chain:
         finally:
             attempt.seconds = time.perf_counter() - started
         return attempt
+
+    def _keep_postprocess_float(self, recipe: Recipe) -> Recipe:
+        """``recipe`` with the appended NMS and the head it reads kept in float when it quantizes
+        (:func:`edgepack.postprocess.float_nodes`), on runtimes whose quantizer takes node scopes; LiteRT
+        has no int8 NMS kernel, so its converter keeps the NMS float by itself."""
+        if (recipe.precision not in QUANTIZED_PRECISIONS or not self.exporter.capabilities.keeps_scopes_float
+                or postprocess_settings(self.source) is None):
+            return recipe
+        hub = export_onnx(self.source, self.workdir / "_onnx", dynamic=self.result.profile.dynamic_shapes)
+        keep = [name for name in float_nodes(hub) if name not in recipe.exclude]
+        return recipe.model_copy(update={"exclude": [*recipe.exclude, *keep]}) if keep else recipe
 
     def _diverge(self, artifact: Artifact, recipe: Recipe, source: ModelSource, label: str) -> None:
         """Record where ``artifact`` (which failed parity) first differs from ``source``, layer by layer."""
@@ -433,7 +447,8 @@ class _Chain:
             probe = recipe.model_copy(update={"precision": "int8"}) if recipe.precision == "mixed" else recipe
             reason = self.exporter.refusal(probe)
             if reason is None and self.calib is None and QuantizationPlan(probe, None).needs_calibration:
-                reason = f"recipe '{name}' needs calibration data (--calib)"
+                reason = (f"recipe '{name}' needs calibration data (--calib); edgepack makes none: "
+                          f"{calibration_refusal(self.source.inputs)}")
             if reason is not None:
                 self.result.attempts.append(Attempt(name, "skipped", reason))
                 continue
@@ -443,6 +458,10 @@ class _Chain:
                 self.attempt(recipe, name)
             if self.result.artifact is not None:
                 return
+
+
+QUANTIZED_PRECISIONS = frozenset({"int8", "int8-dynamic", "int4-weight"})
+"""Recipe precisions whose quantizers take an ``exclude`` list (``mixed`` is walked as ``int8``)."""
 
 
 def _dirname(label: str) -> str:

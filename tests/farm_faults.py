@@ -77,14 +77,14 @@ class FaultRunner(Runner):
 def _cli(argv: Sequence[str]) -> None:
     import torch  # noqa: F401  (before anything that may import TensorFlow)
 
-    from edgepack.device_bench import farm
+    from edgepack.farm import nightly
     from edgepack.device_bench.runners.base import RUNNERS
 
     RUNNERS[SCHEME] = TARGET
     exports = os.environ.get("EDGEPACK_TEST_FARM_EXPORTS")
     if exports:
-        cache = farm.ExportCache
-        farm.ExportCache = lambda root=None, *, reuse=False: cache(Path(exports), reuse=True)  # type: ignore[misc]
+        cache = nightly.ExportCache
+        nightly.ExportCache = lambda root=None, *, reuse=False: cache(Path(exports), reuse=True)  # type: ignore[misc]
     from edgepack.cli import main
 
     sys.argv = ["edgepack", *argv]

@@ -17,9 +17,9 @@ import torch  # noqa: F401 - torch before tensorflow
 from edgepack import api
 from edgepack.data.dataset import Dataset
 from edgepack.errors import InputError
-from edgepack.exporters.openvino import OpenVinoPredictor
-from edgepack.exporters.ort import OrtPredictor
-from edgepack.exporters.tflite_io import TflitePredictor
+from edgepack.exporters.openvino.predictor import OpenVinoPredictor
+from edgepack.exporters.ort.predictor import OrtPredictor
+from edgepack.exporters.tflite.model_io import TflitePredictor
 from edgepack.models.bake import bake_preprocess, is_baked
 from edgepack.models.demo_digits import INPUT_NAME, PREPROCESS, load_demo_source
 from edgepack.models.loaders import load_source

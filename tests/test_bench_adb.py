@@ -21,7 +21,6 @@ import pytest
 
 from edgepack.device_bench.config import BenchConfig
 from edgepack.device_bench.runners.adb import (
-    DELEGATES,
     HARNESS_DIR,
     PERCENTILES_REASON,
     AdbRunner,
@@ -35,7 +34,7 @@ from edgepack.device_bench.runners.adb import (
     quote_command,
 )
 from edgepack.device_bench.runners.base import RunnerError, runner_for_uri
-from edgepack.errors import InputError, UnsupportedError
+from edgepack.errors import InputError, ProfileError, UnknownTargetError, UnsupportedError
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import TensorSpec
 from edgepack.targets.registry import load_registry
@@ -119,24 +118,111 @@ def test_every_android_accelerator_has_a_delegate() -> None:
     android = [p for p in load_registry() if p.family == "android" and p.runtime == "tflite"]
     assert {p.id for p in android} >= {"android-pixel8", "android-snapdragon-8gen3"}
     for profile in android:
-        for name in profile.accelerators:
-            assert name in DELEGATES, f"{profile.id}: accelerator '{name}' has no benchmark_model delegate"
+        for name, acc in profile.accelerators.items():
+            assert acc.litert_delegate is not None, f"{profile.id}: accelerator '{name}' has no benchmark_model delegate"
 
 
 def test_delegate_flags_follow_the_profile() -> None:
-    assert delegate_for("android-pixel8", None, "/q")[2] == ("--use_xnnpack=true",)
-    assert delegate_for("android-pixel8", "gpu", "/q")[2] == ("--use_gpu=true",)
-    assert delegate_for("android-pixel8", "nnapi", "/q")[2] == ("--use_nnapi=true",)
-    name, delegate, flags = delegate_for("android-snapdragon-8gen3", "htp", "/data/local/tmp/qnn")
+    registry = load_registry()
+    pixel8, sd8g3 = registry.get("android-pixel8"), registry.get("android-snapdragon-8gen3")
+    assert delegate_for(pixel8, None, "/q")[2] == ("--use_xnnpack=true",)
+    assert delegate_for(pixel8, "gpu", "/q")[2] == ("--use_gpu=true",)
+    assert delegate_for(pixel8, "nnapi", "/q")[2] == ("--use_nnapi=true",)
+    name, delegate, flags = delegate_for(sd8g3, "htp", "/data/local/tmp/qnn")
     assert name == "htp" and delegate.needs_lib_dir
     assert flags == (
         "--external_delegate_path=/data/local/tmp/qnn/libQnnTFLiteDelegate.so",
         "--external_delegate_options=backend_type:htp",
     )
     with pytest.raises(InputError, match="not one of android-pixel8's accelerators"):
-        delegate_for("android-pixel8", "htp", "/q")  # Tensor G3 has no Hexagon
+        delegate_for(pixel8, "htp", "/q")  # Tensor G3 has no Hexagon
     with pytest.raises(InputError):
-        delegate_for("android-snapdragon-8gen3", "nnapi", "/q")
+        delegate_for(sd8g3, "nnapi", "/q")
+    assert not delegate_for(pixel8, "gpu", "/q")[1].needs_lib_dir
+
+
+# A device the code has never heard of: one TOML with a made-up NPU and its external delegate.
+NEW_DEVICE = '''
+id = "acme-phone"
+extends = "android-pixel8"
+name = "Acme phone (Acme NPU)"
+
+[accelerators.acmenpu]
+kind = "npu"
+precisions = ["int8"]
+op_vocabulary = "tflite"
+ops = { CONV_2D = {}, ADD = {} }
+
+[accelerators.acmenpu.litert_delegate]
+benchmark_flags = ["--external_delegate_path={lib_dir}/libAcmeNpuDelegate.so", "--external_delegate_options=mode:fast"]
+reported_as = "EXTERNAL"
+kotlin_create = "AcmeNpuDelegate(AcmeNpuDelegate.Options().setMode(\\"fast\\"))"
+kotlin_imports = ["com.acme.npu.AcmeNpuDelegate"]
+maven = ["com.acme.npu:litert-acme-npu"]
+'''
+
+
+def _new_device(tmp_path: Path, text: str = NEW_DEVICE) -> Path:
+    path = tmp_path / "acme-phone.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_new_accelerator_is_one_toml(tmp_path: Path) -> None:
+    registry = load_registry(extra=[_new_device(tmp_path)])
+    profile = registry.get("acme-phone")
+    name, delegate, flags = delegate_for(profile, "acmenpu", "/data/local/tmp/acme")
+    assert name == "acmenpu" and delegate.reported_as == "EXTERNAL" and delegate.needs_lib_dir
+    assert flags == ("--external_delegate_path=/data/local/tmp/acme/libAcmeNpuDelegate.so",
+                     "--external_delegate_options=mode:fast")  # fmt: skip
+    assert delegate_for(profile, "gpu", "/q")[2] == ("--use_gpu=true",)  # inherited through extends
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        (('reported_as = "EXTERNAL"', 'reported_as = "EXTERNAL"\nflavour = "x"'),
+         ("accelerators.acmenpu.litert_delegate.flavour: unknown key",)),
+        (("benchmark_flags = [", "benchmark_flag = ["),
+         ("accelerators.acmenpu.litert_delegate.benchmark_flags: Field required", "and 1 more problem")),
+        (("{lib_dir}/libAcme", "{libdir}/libAcme"),
+         ("accelerators.acmenpu.litert_delegate.benchmark_flags:", "the only placeholder is {lib_dir}")),
+        (('mode:fast"]', 'mode:fast", "rm -rf /"]'),
+         ("accelerators.acmenpu.litert_delegate.benchmark_flags:", "'rm -rf /' is not one '--name=value'")),
+        (('kotlin_create = "AcmeNpuDelegate(', 'kotlin_constructor = "AcmeNpuDelegate('),
+         ("accelerators.acmenpu.litert_delegate.kotlin_constructor: unknown key",)),
+        (('"com.acme.npu:litert-acme-npu"', '"com.acme.npu:litert-acme-npu:1.0"'),
+         ("accelerators.acmenpu.litert_delegate:", "is not 'group:name' (the version is LiteRT's)")),
+        (('"com.acme.npu.AcmeNpuDelegate"', '"AcmeNpuDelegate; import x"'),
+         ("accelerators.acmenpu.litert_delegate:", "is not a fully qualified Kotlin name")),
+        (('reported_as = "EXTERNAL"', ""), ("accelerators.acmenpu.litert_delegate.reported_as: Field required",)),
+        (('kind = "npu"', 'kind = "npu"\ncoreml_compute_units = "cpuAndNPU"'),
+         ("accelerators.acmenpu.coreml_compute_units:", "'cpuAndNeuralEngine'")),
+        (('kind = "npu"', 'kind = "npu"\ndelegate = "acme"'), ("accelerators.acmenpu.delegate: unknown key",)),
+    ],
+)
+def test_unknown_or_bad_delegate_keys_are_refused(tmp_path: Path, patch: tuple[str, str], expected: tuple[str, ...]) -> None:
+    assert patch[0] in NEW_DEVICE
+    with pytest.raises(ProfileError) as info:
+        load_registry(extra=[_new_device(tmp_path, NEW_DEVICE.replace(*patch))])
+    assert "acme-phone.toml: " in str(info.value)
+    for part in expected:
+        assert part in str(info.value)
+
+
+def test_kotlin_facts_need_kotlin_create(tmp_path: Path) -> None:
+    text = NEW_DEVICE.replace('kotlin_create = "AcmeNpuDelegate(AcmeNpuDelegate.Options().setMode(\\"fast\\"))"\n', "")
+    assert text != NEW_DEVICE
+    with pytest.raises(ProfileError, match="kotlin_imports and maven need kotlin_create"):
+        load_registry(extra=[_new_device(tmp_path, text)])
+
+
+def test_an_accelerator_without_delegate_facts_is_refused(tmp_path: Path) -> None:
+    start = NEW_DEVICE.index("[accelerators.acmenpu.litert_delegate]")
+    profile = load_registry(extra=[_new_device(tmp_path, NEW_DEVICE[:start])]).get("acme-phone")
+    assert profile.accelerators["acmenpu"].litert_delegate is None
+    with pytest.raises(UnsupportedError, match=r"names no benchmark_model delegate \(\[accelerators\.acmenpu\.litert_delegate\]\)"):
+        delegate_for(profile, "acmenpu", "/q")
 
 
 def test_benchmark_flags_from_config() -> None:
@@ -463,3 +549,32 @@ def test_runner_errors_clean_up(phone: FakePhone) -> None:
         _runner(phone).run(onnx, BenchConfig())
     with pytest.raises(UnsupportedError, match="not found"):
         _runner(phone, adb=str(phone.root / "no-adb")).run(artifact, BenchConfig())
+
+
+def test_runner_takes_a_new_accelerator_from_the_registry_it_is_given(tmp_path: Path) -> None:
+    phone = _fake_phone(tmp_path, delegation="Explicitly applied EXTERNAL delegate, and the model graph will be "
+                        "completely executed by the delegate.")  # fmt: skip
+    registry = load_registry(extra=[_new_device(tmp_path)])
+    adb = _executable(phone.root / "platform-tools" / "adb", ADB_SHIM.format(python=sys.executable, serial=SERIAL))
+    (phone.root / "device-tmp").mkdir()
+    runner = runner_for_uri(
+        f"adb://{SERIAL}", registry=registry, adb=str(adb), benchmark_model=str(phone.benchmark_model),
+        remote_dir=str(phone.root / "device-tmp"), sysfs=str(phone.sysfs), idle_ms="0", sample_ms="20",
+        lib_dir="/data/local/tmp/acme",
+    )  # fmt: skip
+    assert isinstance(runner, AdbRunner) and runner.registry is registry
+    result = runner.run(_artifact(phone.root, "acme-phone"), BenchConfig(min_iters=5, min_seconds=0, accelerator="acmenpu"))
+    args = phone.args_file.read_text().splitlines()
+    assert args[-2:] == ["--external_delegate_path=/data/local/tmp/acme/libAcmeNpuDelegate.so",
+                         "--external_delegate_options=mode:fast"]  # fmt: skip
+    assert result.env["accelerator"] == "acmenpu" and result.env["delegate_flags"] == args[-2:]
+    assert not any("delegate" in n for n in result.notes), result.notes  # EXTERNAL reported as fully applied
+    # The shipped registry (the default) does not know the device.
+    with pytest.raises(UnknownTargetError):
+        _runner(phone).run(_artifact(phone.root / "shipped", "acme-phone"), BenchConfig(accelerator="acmenpu"))
+
+
+def test_runner_needs_a_registry() -> None:
+    with pytest.raises(TypeError, match="needs the target registry"):
+        AdbRunner.from_uri("adb://emulator-5554", {})
+    assert AdbRunner.formats == ("tflite",)

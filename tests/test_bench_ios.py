@@ -18,7 +18,6 @@ import pytest
 from edgepack.device_bench.config import BenchConfig, BenchResult
 from edgepack.device_bench.runners.base import RunnerError, runner_for_uri
 from edgepack.device_bench.runners.ios import (
-    COMPUTE_UNITS,
     ENERGY_REASON,
     HARNESS_DIR,
     IosRunner,
@@ -31,7 +30,7 @@ from edgepack.device_bench.runners.ios import (
     validate_document,
 )
 from edgepack.device_bench.stats import summarize
-from edgepack.errors import InputError, UnsupportedError
+from edgepack.errors import InputError, ProfileError, UnsupportedError
 from edgepack.exporters.base import Artifact
 from edgepack.targets.registry import load_registry
 
@@ -214,17 +213,63 @@ def test_every_apple_accelerator_has_compute_units() -> None:
     apple = [p for p in load_registry() if p.runtime == "coreml"]
     assert {p.id for p in apple} >= {"iphone-15-pro", "mac-apple-silicon"}
     for profile in apple:
-        for name in profile.accelerators:
-            assert name in COMPUTE_UNITS, f"{profile.id}: accelerator '{name}' has no Core ML compute-unit setting"
+        for name, acc in profile.accelerators.items():
+            assert acc.coreml_compute_units is not None, f"{profile.id}: accelerator '{name}' has no Core ML compute-unit setting"
 
 
 def test_compute_units_follow_the_profile() -> None:
-    assert compute_units_for("iphone-15-pro", None) == "all"
-    assert compute_units_for("iphone-15-pro", "ane") == "cpuAndNeuralEngine"
-    assert compute_units_for("iphone-15-pro", "cpu") == "cpuOnly"
-    assert compute_units_for("iphone-15-pro", "gpu") == "cpuAndGPU"
+    iphone = load_registry().get("iphone-15-pro")
+    assert compute_units_for(iphone, None) == "all"
+    assert compute_units_for(iphone, "all") == "all"
+    assert compute_units_for(iphone, "ane") == "cpuAndNeuralEngine"
+    assert compute_units_for(iphone, "cpu") == "cpuOnly"
+    assert compute_units_for(iphone, "gpu") == "cpuAndGPU"
     with pytest.raises(InputError, match="not one of iphone-15-pro's accelerators"):
-        compute_units_for("iphone-15-pro", "htp")
+        compute_units_for(iphone, "htp")
+
+
+NEW_APPLE_DEVICE = '''
+id = "acme-tablet"
+extends = "iphone-15-pro"
+name = "Acme tablet"
+
+[accelerators.ane]
+coreml_compute_units = "cpuAndGPU"
+
+[accelerators.npu2]
+kind = "npu"
+precisions = ["fp16"]
+op_vocabulary = "mil"
+all_ops = true
+coreml_compute_units = "cpuAndNeuralEngine"
+
+[accelerators.dsp]
+kind = "dsp"
+precisions = ["fp16"]
+op_vocabulary = "mil"
+all_ops = true
+'''
+
+
+def test_a_new_apple_accelerator_is_one_toml(tmp_path: Path) -> None:
+    (tmp_path / "acme-tablet.toml").write_text(NEW_APPLE_DEVICE)
+    registry = load_registry(extra=[tmp_path / "acme-tablet.toml"])
+    tablet = registry.get("acme-tablet")
+    assert compute_units_for(tablet, "npu2") == "cpuAndNeuralEngine"
+    assert compute_units_for(tablet, "ane") == "cpuAndGPU"  # a child profile overrides one fact
+    assert compute_units_for(tablet, "cpu") == "cpuOnly"  # the rest is inherited
+    with pytest.raises(UnsupportedError, match=r"names no Core ML compute units \(\[accelerators\.dsp\] coreml_compute_units\)"):
+        compute_units_for(tablet, "dsp")
+    runner = runner_for_uri(URI, registry=registry)
+    assert isinstance(runner, IosRunner) and runner.registry is registry and IosRunner.formats == ("mlpackage",)
+    (tmp_path / "acme-tablet.toml").write_text(NEW_APPLE_DEVICE.replace('"cpuAndNeuralEngine"', '"neuralEngineOnly"'))
+    with pytest.raises(ProfileError, match=r"acme-tablet\.toml: accelerators\.npu2\.coreml_compute_units: "):
+        load_registry(extra=[tmp_path / "acme-tablet.toml"])
+    (tmp_path / "acme-tablet.toml").write_text(NEW_APPLE_DEVICE.replace("coreml_compute_units", "compute_units", 1))
+    with pytest.raises(ProfileError, match=r"acme-tablet\.toml: accelerators\.ane\.compute_units: unknown key"):
+        load_registry(extra=[tmp_path / "acme-tablet.toml"])
+    with pytest.raises(TypeError, match="needs the target registry"):
+        IosRunner.from_uri(URI, {})
 
 
 def test_harness_config() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from edgepack import api
 from edgepack.contract.metadata import CLASS_LOGITS, Contract
-from edgepack.contract.tflite_meta import CONTRACT_FILE, LABELS_FILE, METADATA_NAME, tflite_metadata_buffer
+from edgepack.exporters.tflite.contract import CONTRACT_FILE, LABELS_FILE, METADATA_NAME, tflite_metadata_buffer
 
 TARGETS = ["host-ort", "x86-openvino", "android-pixel8", "iphone-15-pro"]
 INT8_TARGETS = ["coral-edgetpu", "jetson-orin"]

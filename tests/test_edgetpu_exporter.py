@@ -7,7 +7,7 @@ import pytest
 
 from edgepack import api
 from edgepack.errors import InputError
-from edgepack.exporters.edgetpu import constant_bytes, parse_compiler_log
+from edgepack.exporters.edgetpu.exporter import constant_bytes, parse_compiler_log
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 
 from edgepack import api
 from edgepack.bundle.verify import verify_bundle
-from edgepack.exporters.openvino import OpenVinoPredictor
-from edgepack.exporters.ort import OrtPredictor
+from edgepack.exporters.openvino.predictor import OpenVinoPredictor
+from edgepack.exporters.ort.predictor import OrtPredictor
 from edgepack.models.loaders import load_source
 from edgepack.models.reference import reference_predictor
 

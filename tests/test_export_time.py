@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgepack import api
-from edgepack.exporters.ort import OrtExporter
+from edgepack.exporters.ort.exporter import OrtExporter
 from edgepack.session import STAGES, ExportSession, StageTimer
 from edgepack.targets.registry import Registry, load_registry
 

@@ -21,11 +21,11 @@ import pg_server
 from pg_server import postgres  # noqa: F401  (fixture)
 from edgepack.device_bench.bench import bench_bundle
 from edgepack.device_bench.config import BenchConfig
-from edgepack.device_bench.farm import ExportCache, plan_jobs, run_farm
-from edgepack.device_bench.farm_config import ModelSpec, load_farm, parse_farm
 from edgepack.device_bench.runners.base import RUNNERS
-from edgepack.device_bench.store import Store, record_bench_results
 from edgepack.errors import InputError
+from edgepack.farm.config import ModelSpec, load_farm, parse_farm
+from edgepack.farm.nightly import ExportCache, plan_jobs, run_farm
+from edgepack.farm.store import Store, record_bench_results
 from edgepack.hashing import file_sha256
 from test_bench_ssh import SshServer, sshd  # noqa: F401  (the real loopback sshd fixture)
 
@@ -148,9 +148,9 @@ def test_killed_farm_process_resumes_without_repeating_jobs(store: Store, export
         f"sys.path.insert(0, {str(TESTS)!r})\n"
         "from edgepack.device_bench.runners.base import RUNNERS\n"
         f"RUNNERS[{farm_faults.SCHEME!r}] = {farm_faults.TARGET!r}\n"
-        "from edgepack.device_bench.farm import ExportCache, run_farm\n"
-        "from edgepack.device_bench.farm_config import parse_farm\n"
-        "from edgepack.device_bench.store import Store\n"
+        "from edgepack.farm.nightly import ExportCache, run_farm\n"
+        "from edgepack.farm.config import parse_farm\n"
+        "from edgepack.farm.store import Store\n"
         f"config = parse_farm(json.loads({json.dumps(data)!r}))\n"
         f"run_farm(config, Store.open({store.engine.url.render_as_string(False)!r}),"
         f" exports=ExportCache(Path({str(exports.root)!r}), reuse=True))\n"
@@ -202,7 +202,7 @@ def test_ray_cluster_gives_the_local_results(tmp_path: Path, exports: ExportCach
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from edgepack.device_bench.executors import RayExecutor
+    from edgepack.farm.executors import RayExecutor
 
     devices = {"host-a": HOST, "host-b": fault(tmp_path / "ray" / "b", "1", "kill"),
                "host-c": fault(tmp_path / "ray" / "c", "1", "hang")}

@@ -24,9 +24,9 @@ from tests.cli_lines import message_lines
 
 from edgepack.device_bench.bench import bench_bundle
 from edgepack.device_bench.config import BenchConfig
-from edgepack.device_bench.farm import ExportCache
-from edgepack.device_bench.farm_config import ModelSpec
-from edgepack.device_bench.store import Store, record_bench_results
+from edgepack.farm.config import ModelSpec
+from edgepack.farm.nightly import ExportCache
+from edgepack.farm.store import Store, record_bench_results
 
 TESTS = Path(__file__).parent
 EXAMPLE = TESTS.parent / "examples" / "farm.toml"

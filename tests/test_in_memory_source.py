@@ -8,7 +8,7 @@ import torch
 
 from edgepack import api
 from edgepack.errors import InputError
-from edgepack.exporters.ort import OrtPredictor
+from edgepack.exporters.ort.predictor import OrtPredictor
 from edgepack.device_bench.bench import artifact_from_manifest
 
 

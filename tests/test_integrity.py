@@ -141,7 +141,7 @@ def test_a_full_temp_disk_keeps_the_previous_bundle_and_exits_3(tmp_path, tiny_t
 
 
 def test_an_environmental_failure_inside_a_converter_stops_the_export_instead_of_failing_a_recipe(tmp_path, monkeypatch):
-    from edgepack.exporters.ort import OrtExporter
+    from edgepack.exporters.ort.exporter import OrtExporter
 
     first = api.export("demo:digits", ["host-ort"], out=tmp_path, recipe_chain=["fp32"], cache=False)
     before = _files(first.bundle)
@@ -159,7 +159,7 @@ def test_an_environmental_failure_inside_a_converter_stops_the_export_instead_of
 
 
 def test_a_run_where_every_target_failed_never_replaces_a_working_bundle(tmp_path, monkeypatch):
-    from edgepack.exporters.ort import OrtExporter
+    from edgepack.exporters.ort.exporter import OrtExporter
 
     first = api.export("demo:digits", ["host-ort"], out=tmp_path, recipe_chain=["fp32"], cache=False)
     before = _files(first.bundle)
@@ -354,7 +354,7 @@ def test_exporting_an_onnx_source_writes_nothing_into_the_current_directory(tmp_
 
 
 def test_quant_pre_process_scratch_files_land_in_the_workdir(tmp_path, monkeypatch):
-    from edgepack.exporters.ort_quant import pre_process_in_workdir
+    from edgepack.exporters.ort.quant import pre_process_in_workdir
 
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "work"
@@ -458,7 +458,7 @@ def test_verify_cross_checks_the_artifact_hash_and_format(tmp_path, signed_bundl
 
 
 def test_artifact_digest_of_a_directory_artifact_matches_the_core_ml_package_hash(tmp_path):
-    from edgepack.exporters.coreml import package_sha256
+    from edgepack.exporters.coreml.exporter import package_sha256
     from edgepack.hashing import file_sha256
 
     package = tmp_path / "model.mlpackage"

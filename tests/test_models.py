@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgepack.errors import InputError, SourceError
-from edgepack.exporters.onnx import export_onnx
+from edgepack.exporters.onnx.hub import export_onnx
 from edgepack.models.input_spec import parse_input_spec
 from edgepack.models.loaders import load_source
 from edgepack.models.reference import reference_predictor

@@ -287,7 +287,7 @@ def _with_coreml_target(bundle: Path, tmp_path: Path) -> Path:
                                      "fallback": []}], "total_ops": 5},
         toolchain={"coremltools": "9.0"},
     )
-    from edgepack.exporters.coreml import package_sha256
+    from edgepack.exporters.coreml.exporter import package_sha256
 
     entry["artifact"] = dict(host["artifact"], format="mlpackage", path="artifacts/iphone-15-pro/model.mlpackage",
                              files=files, precision="fp16", settings={}, sha256=package_sha256(package))

@@ -8,7 +8,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepack import api
-from edgepack.targets.placement import onnx_graph_ops, place
+from edgepack.exporters.onnx.graph import onnx_graph_ops
+from edgepack.targets.placement import place
 
 SIN_FACTORY = """
 import torch

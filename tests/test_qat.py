@@ -19,7 +19,7 @@ from edgepack.compress.passes import PassContext
 from edgepack.compress.qat import QatConfig, QatPass, export_qdq_onnx, fine_tune, fold_batchnorm, prepare_qat
 from edgepack.data.dataset import Dataset
 from edgepack.errors import InputError, ProfileError
-from edgepack.exporters.ort import OrtPredictor
+from edgepack.exporters.ort.predictor import OrtPredictor
 from edgepack.models.demo_digits import INPUT_NAME, OUTPUT_NAME, digits_splits, load_digits_cnn
 
 

@@ -86,10 +86,37 @@ def test_ort_int8_graph_is_qdq_per_channel(tmp_path, registry):
     assert entry["artifact"]["settings"]["activations"] == "QUInt8"
 
 
-def test_static_int8_without_calibration_is_skipped_not_faked(tmp_path, registry, tiny_cnn_file):
+FEATURE_VECTOR_FACTORY = """
+import torch
+from edgepack.models.source import TensorSpec
+
+EDGEPACK_INPUTS = [TensorSpec("features", ("batch", 16), "float32")]
+
+
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+"""
+
+
+def test_static_int8_without_calib_calibrates_on_domain_shaped_synthetic_images(tmp_path, registry, tiny_cnn_file):
     result = api.export(f"{tiny_cnn_file}:build", ["host-ort"], out=tmp_path, registry=_only(registry, "host-ort", ["int8", "fp32"]))
+    entry = result.manifest["targets"]["host-ort"]
+    assert result.manifest["data"]["calibration"] == "synthetic, domain-shaped (128 samples)"
+    first = entry["attempts"][0]
+    assert first["recipe"] == "int8" and first["status"] != "skipped", first
+    model = onnx.load(str(result.bundle / entry["artifact"]["path"])) if entry["recipe"] == "int8" else None
+    assert entry["recipe"] == "fp32" or {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+
+
+def test_static_int8_without_calib_is_skipped_not_faked_for_inputs_of_no_known_domain(tmp_path, registry):
+    factory = tmp_path / "features.py"
+    factory.write_text(FEATURE_VECTOR_FACTORY)
+    result = api.export(f"{factory}:build", ["host-ort"], out=tmp_path, registry=_only(registry, "host-ort", ["int8", "fp32"]))
     attempts = result.manifest["targets"]["host-ort"]["attempts"]
-    assert attempts[0]["status"] == "skipped" and "calibration" in attempts[0]["reason"]
+    assert attempts[0]["status"] == "skipped"
+    assert "needs calibration data (--calib)" in attempts[0]["reason"] and "features" in attempts[0]["reason"]
+    assert result.manifest["data"]["calibration"] is None
     assert result.manifest["targets"]["host-ort"]["recipe"] == "fp32"
 
 

@@ -20,7 +20,7 @@ import pytest
 import corpus
 from edgepack import api
 from edgepack.errors import DataError, ExportError
-from edgepack.exporters.tflite_io import TfliteTensor, match_outputs, source_layout
+from edgepack.exporters.tflite.model_io import TfliteTensor, match_outputs, source_layout
 from edgepack.models.source import TensorSpec
 
 # --------------------------------------------------------------------------------------------------
@@ -137,8 +137,8 @@ def test_converter_failure_names_the_op_the_node_and_the_message(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from edgepack.exporters.tflite import _with_op_type
-    from edgepack.exporters.tflite_worker_client import summarize_failure
+    from edgepack.exporters.tflite.exporter import _with_op_type
+    from edgepack.exporters.tflite.worker_client import summarize_failure
 
     error = "ValueError: An `initial_state` was passed that is not compatible with `cell.state_size`. " + "x" * 300
     log = "\n".join([
@@ -230,7 +230,7 @@ def test_int8_tflite_of_a_real_classifier(tmp_path):
 def test_silero_vad_tflite_failure_is_precise(tmp_path, registry, recipes):
     """onnx2tf cannot lower Silero VAD's LSTM (it feeds the state as (128, 1) to a 128-unit cell): the
     failure names the op, the node and the converter's message."""
-    from edgepack.exporters.tflite import TfliteExporter
+    from edgepack.exporters.tflite.exporter import TfliteExporter
     from edgepack.models.loaders import load_source
 
     source = load_source(str(corpus.model_path("silero-vad-ov")))

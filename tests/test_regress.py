@@ -13,8 +13,8 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pytest
 
-from edgepack.device_bench.regress import Thresholds, compare, detect
-from edgepack.device_bench.store import JobSpec, Provenance, Store
+from edgepack.farm.regress import Thresholds, compare, detect
+from edgepack.farm.store import JobSpec, Provenance, Store
 from test_store import synthetic_result
 
 NIGHTS = 8

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgepack.device_bench.report import render_report, write_report
-from edgepack.device_bench.store import JobSpec, Provenance, Store
+from edgepack.farm.report import render_report, write_report
+from edgepack.farm.store import JobSpec, Provenance, Store
 from test_regress import KEYS, add_run, night_latencies
 from test_store import synthetic_result
 

@@ -234,7 +234,7 @@ def test_host_search_front_choice_and_outputs(host_search):
     # the resumed run replayed every measurement and stored the trials the first run had not stored
     assert measured.store_run is None and all(t.replayed for t in stored.trials) and stored.store_run is not None
     assert stored.chosen.key == measured.chosen.key
-    from edgepack.device_bench.store import open_store
+    from edgepack.farm.store import open_store
 
     with open_store(db) as store:
         rows = store.results(run_id=stored.store_run)
@@ -250,7 +250,7 @@ def test_chosen_recipe_exports_and_is_not_slower_than_the_default(host_search, t
     from edgepack import api
     from edgepack.device_bench.bench import artifact_from_manifest
     from edgepack.device_bench.compare import compare_latency
-    from edgepack.exporters.ort import OrtPredictor
+    from edgepack.exporters.ort.predictor import OrtPredictor
     from edgepack.models.demo_digits import INPUT_NAME
 
     result = host_search[1]

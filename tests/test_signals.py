@@ -131,7 +131,7 @@ def test_openvino_engine_released_on_another_thread_does_not_kill_the_cli():
 def _export_that_gets_terminated(rewrap: bool):
     """An exporter whose toolchain catches the SIGTERM that lands in it, as OpenVINO's C++ converter does
     (``rewrap``: it raises its own error instead; otherwise it carries on as if nothing happened)."""
-    from edgepack.exporters.ort import OrtExporter
+    from edgepack.exporters.ort.exporter import OrtExporter
 
     original = OrtExporter.export
 
@@ -151,7 +151,7 @@ def _export_that_gets_terminated(rewrap: bool):
 def test_an_interruption_a_toolchain_swallowed_still_stops_the_export(tmp_path, monkeypatch, rewrap):
     from edgepack import api
     from edgepack.errors import Terminated
-    from edgepack.exporters.ort import OrtExporter
+    from edgepack.exporters.ort.exporter import OrtExporter
 
     monkeypatch.setattr(OrtExporter, "export", _export_that_gets_terminated(rewrap))
     before = signal.getsignal(signal.SIGTERM)

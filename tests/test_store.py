@@ -19,7 +19,8 @@ import pg_server
 from pg_server import postgres  # noqa: F401  (fixture)
 from edgepack.device_bench.config import BenchConfig, BenchResult
 from edgepack.device_bench.stats import summarize
-from edgepack.device_bench.store import (
+from edgepack.errors import InputError
+from edgepack.farm.store import (
     Base,
     JobSpec,
     Provenance,
@@ -28,7 +29,6 @@ from edgepack.device_bench.store import (
     migrations_config,
     normalize_url,
 )
-from edgepack.errors import InputError
 
 JOBS = [JobSpec("dev-a", "digits", "demo:digits", "host-ort", "fp32", 0),
         JobSpec("dev-a", "digits", "demo:digits", "host-ort", "int8", 1),

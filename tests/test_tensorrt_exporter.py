@@ -96,7 +96,7 @@ TRTEXEC_LOG = """\
 
 
 def test_trtexec_performance_summary_is_parsed():
-    from edgepack.exporters.tensorrt_engine import parse_trtexec_log
+    from edgepack.exporters.tensorrt.engine import parse_trtexec_log
 
     summary = parse_trtexec_log(TRTEXEC_LOG)
     assert summary["throughput_qps"] == 130.298 and summary["device"] == "Orin" and summary["tensorrt"] == "10.3.0"
@@ -106,7 +106,7 @@ def test_trtexec_performance_summary_is_parsed():
 
 
 def test_engine_is_built_and_timed_only_where_trtexec_and_a_gpu_exist(tmp_path, jetson_bundle):
-    from edgepack.exporters.tensorrt_engine import build_and_time, find_trtexec, gpu_present
+    from edgepack.exporters.tensorrt.engine import build_and_time, find_trtexec, gpu_present
 
     recorded = jetson_bundle.manifest["targets"]["jetson-orin"]["artifact"]["settings"]["engine_build"]
     if find_trtexec() is None or not gpu_present():

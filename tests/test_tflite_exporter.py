@@ -25,10 +25,10 @@ from torch import nn
 from edgepack.compress.recipe import Recipe, load_recipes
 from edgepack.data.dataset import Dataset
 from edgepack.errors import ExportError, UnsupportedError
-from edgepack.exporters import _tflite_worker as worker
 from edgepack.exporters.base import NotRunnable, Predictor
-from edgepack.exporters import tflite_quant
-from edgepack.exporters.tflite import (
+from edgepack.exporters.tflite import quant as tflite_quant
+from edgepack.exporters.tflite import worker
+from edgepack.exporters.tflite.exporter import (
     CALIB_SAMPLES,
     LITERT_TORCH_MISSING,
     TfliteExporter,
@@ -39,9 +39,9 @@ from edgepack.exporters.tflite import (
     tflite_operators,
 )
 from edgepack.compress.sensitivity import quantizable_layers
-from edgepack.exporters.onnx import export_onnx
-from edgepack.exporters.tflite_io import dequantize, quantize
-from edgepack.exporters.tflite_layers import LayerMap, float_op_outputs, match_layers
+from edgepack.exporters.onnx.hub import export_onnx
+from edgepack.exporters.tflite.model_io import dequantize, quantize
+from edgepack.exporters.tflite.layers import LayerMap, float_op_outputs, match_layers
 from edgepack.models.source import ModelSource, Preprocess, QuantParams, TensorSpec
 from edgepack.targets.schema import TargetProfile
 
@@ -395,7 +395,7 @@ def test_summarize_failure_picks_the_meaningful_line():
 GUARD_SCRIPT = textwrap.dedent(
     """
     import socket, sys, threading
-    from edgepack.exporters._tflite_worker import NetworkBlockedError, install_network_guard
+    from edgepack.exporters.tflite.worker import NetworkBlockedError, install_network_guard
     install_network_guard()
     results = []
     for label, attempt in [
@@ -419,7 +419,7 @@ GUARD_SCRIPT = textwrap.dedent(
     conn, _ = server.accept()
     client.sendall(b"ok")
     results.append("loopback:" + conn.recv(2).decode())
-    import edgepack.exporters.tflite, ai_edge_litert.interpreter  # the parent imports these, never TF
+    import edgepack.exporters.tflite.exporter, ai_edge_litert.interpreter  # the parent imports these, never TF
     results.append("tf:" + str(any(m.startswith(("tensorflow", "onnx2tf")) for m in sys.modules)))
     print(" ".join(results))
     """
@@ -677,7 +677,7 @@ def _op_output_dtypes(path: Path) -> list[tuple[str, str]]:
 
 
 def test_layer_matching_follows_layout_order_and_op_types():
-    from edgepack.exporters.tflite_layers import _TfliteOutput
+    from edgepack.exporters.tflite.layers import _TfliteOutput
 
     rng = np.random.default_rng(0)
     conv = rng.standard_normal((1, 4, 3, 3)).astype(np.float32)
@@ -809,7 +809,7 @@ def test_interpreter_creation_keeps_stderr_clean(digits_full):
         f"""
         import json, sys
         import numpy as np
-        from edgepack.exporters.tflite_io import TflitePredictor
+        from edgepack.exporters.tflite.model_io import TflitePredictor
         settings = json.loads({json.dumps(digits_full.settings)!r})
         predictor = TflitePredictor({str(digits_full.path)!r}, settings)
         out = predictor({{"image": np.zeros((2, 1, 8, 8), np.float32)}})["logits"]

@@ -18,7 +18,7 @@ import pytest
 import corpus
 from edgepack import api
 from edgepack.errors import InputError, SourceError
-from edgepack.exporters.onnx import export_onnx
+from edgepack.exporters.onnx.hub import export_onnx
 from edgepack.models.input_spec import parse_input_spec
 from edgepack.models.loaders import load_source
 from edgepack.models.source import ConstantInput

@@ -7,6 +7,7 @@ from typing import Any
 from edgepack import __version__
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import ModelSource
+from edgepack.package.accelerators import app_facts
 from edgepack.pipeline import TargetResult
 
 SCHEMA_VERSION = 1
@@ -35,7 +36,8 @@ def target_entry(result: TargetResult) -> dict[str, Any]:
     profile = result.profile
     winner = result.winner
     entry: dict[str, Any] = {
-        "profile": {"id": profile.id, "name": profile.name, "runtime": profile.runtime, "format": profile.format},
+        "profile": {"id": profile.id, "name": profile.name, "runtime": profile.runtime, "format": profile.format,
+                    "accelerators": app_facts(profile)},
         "status": result.status,
         "error": result.error,
         "recipe": winner.recipe if winner else None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgepack.bundle.verify import open_bundle
 from edgepack.bundle.writer import read_manifest
@@ -18,6 +18,9 @@ from edgepack.device_bench.runners.base import artifact_from_entry, runner_for_u
 from edgepack.errors import BundleError, EdgepackError, InputError
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import TensorSpec
+
+if TYPE_CHECKING:
+    from edgepack.targets.registry import Registry
 
 REMAPPED_IO_SETTING = "input_map"
 """Artifact setting of exporters whose tensors are renamed/permuted from the source's (TFLite): their
@@ -86,14 +89,16 @@ def bench_bundle(
     runner_options: Mapping[str, str] | None = None,
     progress: Callable[[str, str], None] = lambda target, stage: None,
     public_key: Path | None = None,
+    registry: Registry | None = None,
 ) -> list[BenchResult]:
     """Measure ``target`` (every target with an artifact when ``None``) of ``bundle`` on ``runner_uri``.
 
     ``bundle`` is a directory or a ``.zip``; it is verified first (:class:`edgepack.errors.TamperedError` on
     any changed file, and on a missing or bad signature when ``public_key`` is given); a runner that cannot
-    run an artifact raises one :class:`~edgepack.errors.BundleError` line instead of skipping it.
+    run an artifact raises one :class:`~edgepack.errors.BundleError` line instead of skipping it. ``registry``
+    gives the device profiles runners read accelerator facts from (the shipped profiles when ``None``).
     """
-    runner = runner_for_uri(runner_uri, **dict(runner_options or {}))  # a bad URI is refused before any I/O
+    runner = runner_for_uri(runner_uri, registry=registry, **dict(runner_options or {}))  # a bad URI is refused before any I/O
     with open_bundle(bundle, public_key) as opened:
         manifest = opened.manifest
         if target is not None:

@@ -1,7 +1,10 @@
-"""The exporter interface every runtime implements, and the records it returns.
+"""The exporter interface every runtime implements, the records it returns, and what it declares.
 
-Adding a runtime is one module: subclass :class:`Exporter`, set ``runtime`` to the value profiles use
-in their ``runtime`` field, and register the class in the ``edgepack.exporters`` entry-point group.
+Adding a runtime is one package under ``edgepack/exporters/``: subclass :class:`Exporter`, set ``runtime`` to
+the value profiles use in their ``runtime`` field, declare its :class:`Capabilities` (how placement reads its
+graphs, how the host bench loads it, how its formats are packaged for apps), and register the class in the
+``edgepack.exporters`` entry-point group. Nothing outside that package names the runtime or its formats: the
+placement check, ``check``, the host runner and ``package`` ask :mod:`edgepack.exporters.registry`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from edgepack.targets.schema import TargetProfile
 
 if TYPE_CHECKING:
     from edgepack.contract.metadata import Contract
+    from edgepack.targets.placement import GraphOp
 
 Arrays = dict[str, np.ndarray]
 
@@ -136,6 +140,70 @@ class NotRunnable:
     reason: str
 
 
+@dataclass(frozen=True)
+class BenchAdapter:
+    """How the host bench loads this runtime's predictor with a chosen thread count."""
+
+    module: str
+    """Imported before the cold-start timer starts (a library import is not a model load)."""
+    distribution: str
+    """PyPI distribution of the runtime: the install hint when ``module`` is missing, and the version the
+    bench records."""
+    build: Callable[[Artifact, int | None], tuple[Predictor, int]]
+    """``(artifact, threads or None) -> (predictor, threads used)``."""
+
+
+@dataclass(frozen=True)
+class Packaging:
+    """How ``edgepack package`` and the bundle's snippets deliver one artifact format to one app platform."""
+
+    format: str
+    """The artifact format (a key of :attr:`Exporter.artifact_formats`)."""
+    platform: str
+    """The app platform (``edgepack package --platform``) it is packaged for."""
+    distribution: str | None = None
+    """PyPI distribution whose version the bundle records for the target; the deliverable pins its runtime to it."""
+    snippet: tuple[str, str] | None = None
+    """``(path under snippets/, template)`` of the bundle's minimal load-and-run snippet for this format."""
+    python_runtime: str | None = None
+    """Key of the runtime in the generated Python runner (``python`` platform)."""
+    simulate_quantization: bool = False
+    """The Python runner runs the graph with optimisations off, so Q/DQ pairs execute as simulated quantization
+    (what the device runtime computes), not the host runtime's own int8 kernels."""
+    app_library: str | None = None
+    """The runtime's app dependency (Maven ``group:name``), versioned with ``distribution``'s recorded version."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an exporter declares so that placement, ``check``, the host bench and ``package`` can ask instead of
+    naming the runtime (:mod:`edgepack.exporters.registry` answers from these)."""
+
+    op_vocabulary: str | None = None
+    """The op vocabulary of this runtime's graphs (ONNX op types, TFLite builtins, MIL ops, ...). Profiles name
+    it in their accelerators' ``op_vocabulary``; the set of declared vocabularies is what profiles may use."""
+    graph_formats: frozenset[str] = frozenset()
+    """Artifact formats :meth:`Exporter.graph_ops` reads (in :attr:`op_vocabulary`)."""
+    bench: BenchAdapter | None = None
+    """How the host bench sets this runtime's thread count; ``None``: the bench runs :meth:`Exporter.predictor`
+    with the runtime's own threading."""
+    packaging: tuple[Packaging, ...] = ()
+    """How each of its formats is packaged, per app platform (one entry per format and platform across all
+    exporters: a format another runtime also writes, such as plain ONNX, is packaged by one of them)."""
+    device_build_script: str | None = None
+    """File of the artifact that builds the device-only output (engine, compiled model) on the device."""
+    templates: Path | None = None
+    """Folder of this runtime's app templates, searched (after ``edgepack/package/templates``) for the templates
+    that ``package``'s platform builders and :attr:`Packaging.snippet` name."""
+    keeps_scopes_float: bool = False
+    """Whether this runtime's quantizer keeps every ONNX node under a scope named in ``recipe.exclude``
+    (``/edgepack_nms``) in float. The pipeline then keeps an appended NMS float; runtimes that map exclusions
+    by other means leave it to their converter."""
+
+
+NO_CAPABILITIES = Capabilities()
+
+
 WEIGHT_CODING_PASSES: dict[str, str] = {"palettize": "stores weights as look-up tables (palettization)"}
 """Passes whose only benefit is how the format stores the weights, with what they do (a recipe with one is
 refused by exporters that do not list it in :attr:`Exporter.stored_weight_codings`)."""
@@ -145,6 +213,9 @@ class Exporter(ABC):
     """One runtime's adapter: export a source for a profile with a recipe; run it where possible."""
 
     runtime: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = NO_CAPABILITIES
+    """What this runtime declares to placement, ``check``, the host bench and packaging. A subclass serving
+    another runtime (the Edge TPU's extends TFLite's) declares its own."""
     distributions: ClassVar[tuple[str, ...]] = ()
     """PyPI distributions whose versions are recorded as the toolchain."""
     artifact_formats: ClassVar[dict[str, str]] = {}
@@ -218,3 +289,8 @@ class Exporter(ABC):
         """The artifact's values of the source (ONNX hub) tensors ``tensors`` for ``feeds`` (those it can
         find), for the first-divergent-layer report; ``None`` when this runtime cannot expose them here."""
         return None
+
+    def graph_ops(self, path: Path, fmt: str) -> list["GraphOp"]:
+        """The ops of the graph at ``path`` (an artifact of format ``fmt`` in :attr:`Capabilities.graph_formats`),
+        in :attr:`Capabilities.op_vocabulary`, for the placement check."""
+        raise UnsupportedError(f"runtime {self.runtime} has no graph reader for format '{fmt}'")

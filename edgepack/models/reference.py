@@ -29,7 +29,7 @@ def reference_predictor(source: ModelSource) -> Predictor:
     """The torch module when there is one, else the source ONNX file on ONNX Runtime."""
     if source.torch_module is not None:
         return TorchPredictor(source)
-    from edgepack.exporters.ort import OrtPredictor
+    from edgepack.exporters.ort.predictor import OrtPredictor
 
     assert source.onnx_path is not None  # a ModelSource always has one of the two
     return OrtPredictor(source.onnx_path)

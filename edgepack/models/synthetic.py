@@ -21,18 +21,30 @@ from __future__ import annotations
 import functools
 import string
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgepack.models.source import TensorSpec
 
+if TYPE_CHECKING:
+    from edgepack.data.dataset import Dataset
+
 ORIGIN = "synthetic, domain-shaped"
+CALIBRATION_SAMPLES = 128
+"""Synthetic calibration samples when the user gives none (the int8 recipes' own ``samples``)."""
+CALIBRATION_SEED = 100_000
+"""Seed of the synthetic calibration samples: far from the fidelity/parity seeds, so the gate never scores
+an artifact on the samples it was calibrated on."""
 MAX_TEXT_LINE_HEIGHT = 64
 MIN_AUDIO_SAMPLES = 256
 
 
 def input_kind(spec: TensorSpec, shape: tuple[int, ...]) -> str:
     """``image``, ``text-line``, ``audio`` or ``generic`` for one input of concrete ``shape``."""
+    if spec.dtype == "uint8" and len(shape) == 4:  # raw pixels (--bake-preprocess)
+        channels, height, width = _chw(spec, shape)
+        return "image" if channels in (1, 3) and height >= 8 and width >= 8 else "generic"
     if not spec.dtype.startswith("float"):
         return "generic"
     if len(shape) == 4:
@@ -133,12 +145,43 @@ def domain_sample(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Gener
     if kind in ("image", "text-line"):
         channels, height, width = _chw(spec, shape)
         raw = (_text_line if kind == "text-line" else _photo_crop)(height, width, rng)
-        image = _normalise(raw, spec, channels)
+        if spec.dtype == "uint8":
+            raw = raw.mean(axis=2, keepdims=True) if channels == 1 else raw
+            image = np.clip(np.rint(raw), 0, 255)
+        else:
+            image = _normalise(raw, spec, channels)
         array = image[None] if _channels_last(spec, shape) else image.transpose(2, 0, 1)[None]
         return np.ascontiguousarray(array, dtype=spec.dtype)
     if kind == "audio":
         return _audio(shape[-1], rng).reshape(shape).astype(spec.dtype)
     return None
+
+
+def calibration_refusal(specs: Sequence[TensorSpec]) -> str | None:
+    """Why edgepack makes no calibration data of its own for these inputs, or ``None`` when it can.
+
+    Quantizers calibrate activation ranges; ranges taken from noise are not ranges of the model's data, so
+    only inputs of a recognised domain get synthetic calibration data. Integer inputs (token ids, masks,
+    sample rates) ride along; a float input of no recognised kind (an LSTM state, a feature vector) refuses.
+    """
+    kinds = {spec.name: input_kind(spec, spec.concrete_shape(1)) for spec in specs}
+    unshaped = [spec.name for spec in specs if kinds[spec.name] == "generic" and spec.dtype.startswith("float")]
+    if unshaped:
+        return f"input(s) {', '.join(unshaped)} are not image, text-line or audio shaped"
+    if all(kind == "generic" for kind in kinds.values()):
+        return "no input is image, text-line or audio shaped"
+    return None
+
+
+def synthetic_calibration(specs: Sequence[TensorSpec], count: int = CALIBRATION_SAMPLES) -> "Dataset | None":
+    """Domain-shaped calibration data for a model whose user gave none, or ``None`` where
+    :func:`calibration_refusal` says edgepack cannot make meaningful data for its inputs. The dataset's
+    origin ("synthetic, domain-shaped (128 samples)") is what the manifest records."""
+    from edgepack.data.dataset import Dataset
+
+    if calibration_refusal(specs) is not None:
+        return None
+    return Dataset(domain_dataset_arrays(specs, count, seed=CALIBRATION_SEED), None, f"{ORIGIN} ({count} samples)")
 
 
 def domain_dataset_arrays(specs: Sequence[TensorSpec], count: int, *, seed: int = 0) -> dict[str, np.ndarray]:

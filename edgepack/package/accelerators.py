@@ -1,10 +1,16 @@
-"""Device facts the generated code needs, as data: which LiteRT delegate runs each accelerator of a
-profile, and which Core ML compute units select it. Unknown accelerators fall back to the CPU."""
+"""Device facts the generated code needs, read from the target profile: which LiteRT delegate the Kotlin
+runner creates for an accelerator (``[accelerators.<id>.litert_delegate]``), and which Core ML compute units
+select it (``coreml_compute_units``). An accelerator without those facts runs on the CPU path."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
+
+from edgepack.targets.schema import LiteRTDelegate, TargetProfile
+
+AcceleratorFacts = Union[TargetProfile, Mapping[str, Any]]
+"""A target profile, or the ``accelerators`` a bundle manifest's target records (:func:`app_facts`)."""
 
 
 @dataclass(frozen=True)
@@ -12,6 +18,7 @@ class KotlinDelegate:
     """How the generated Kotlin runner creates one LiteRT delegate (Interpreter API)."""
 
     name: str
+    """The profile's accelerator id."""
     imports: tuple[str, ...]
     create: str
     """A Kotlin expression of type ``org.tensorflow.lite.Delegate``."""
@@ -20,21 +27,40 @@ class KotlinDelegate:
     same version."""
 
 
-LITERT_DELEGATES: dict[str, KotlinDelegate] = {
-    "gpu": KotlinDelegate(
-        "gpu", ("org.tensorflow.lite.gpu.GpuDelegate",), "GpuDelegate()", ("com.google.ai.edge.litert:litert-gpu",)
-    ),
-    "nnapi": KotlinDelegate("nnapi", ("org.tensorflow.lite.nnapi.NnApiDelegate",), "NnApiDelegate()"),
-}
-"""Keyed by the profile's accelerator name. Accelerators without an entry (e.g. ``htp``, whose QNN
-delegate ships outside Google Maven) run on the CPU path (XNNPACK) and say so in the generated code."""
+def app_facts(profile: TargetProfile) -> dict[str, dict[str, Any]]:
+    """The accelerator facts generated apps need (``litert_delegate``, ``coreml_compute_units``), per accelerator
+    that has any: the manifest records them, so a bundle packages the same for a shipped or a user profile."""
+    facts: dict[str, dict[str, Any]] = {}
+    for name, acc in profile.accelerators.items():
+        one = acc.model_dump(mode="json", include={"litert_delegate", "coreml_compute_units"}, exclude_none=True)
+        if one:
+            facts[name] = one
+    return facts
 
-COREML_COMPUTE_UNITS: dict[str, str] = {
-    "ane": ".cpuAndNeuralEngine",
-    "gpu": ".cpuAndGPU",
-    "cpu": ".cpuOnly",
-}
-"""Keyed by the profile's accelerator name; ``.all`` when the placement report names none."""
+
+def _facts(source: AcceleratorFacts, accelerator: str) -> Mapping[str, Any]:
+    if isinstance(source, TargetProfile):
+        return app_facts(source).get(accelerator, {})
+    return source.get(accelerator) or {}
+
+
+def kotlin_delegate(source: AcceleratorFacts, accelerator: str) -> KotlinDelegate | None:
+    """The Kotlin construction of ``accelerator``'s LiteRT delegate, or ``None`` when ``source`` gives none (no
+    such accelerator, no ``litert_delegate``, or a delegate that ships outside Google Maven, such as Qualcomm's
+    QNN delegate: no ``kotlin_create``)."""
+    recorded = _facts(source, accelerator).get("litert_delegate")
+    facts = LiteRTDelegate.model_validate(recorded) if recorded else None
+    if facts is None or facts.kotlin_create is None:
+        return None
+    return KotlinDelegate(accelerator, tuple(facts.kotlin_imports), facts.kotlin_create, tuple(facts.maven))
+
+
+def coreml_compute_units(source: AcceleratorFacts, accelerator: str) -> str | None:
+    """The Swift ``MLComputeUnits`` literal (``.cpuAndNeuralEngine``) that selects ``accelerator``, or ``None``
+    when ``source`` gives none."""
+    units = _facts(source, accelerator).get("coreml_compute_units")
+    return f".{units}" if units is not None else None
+
 
 FULL_COVERAGE = 0.0
 """An accelerator is recommended only when the placement report leaves no op on the CPU: a partly

@@ -2,6 +2,8 @@
 
 A builder returns a :class:`Deliverable` (generated text + bundle files to copy); writing it to disk is
 :mod:`edgepack.package.build`'s job. Adding a platform is one builder and one :data:`PLATFORMS` entry.
+Which artifact formats a platform packages, the runtime each is pinned to and its templates are the exporters'
+declarations (:class:`~edgepack.exporters.base.Packaging`, asked through :mod:`edgepack.exporters.registry`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from edgepack.errors import BundleError, InputError, UnsupportedError
+from edgepack.exporters.base import Packaging
+from edgepack.exporters.registry import device_build_scripts, format_suffix, packaging, platform_formats
 from edgepack.package import context
-from edgepack.package.accelerators import COREML_COMPUTE_UNITS, LITERT_DELEGATES, recommended_accelerator
+from edgepack.package.accelerators import AcceleratorFacts, coreml_compute_units, kotlin_delegate, recommended_accelerator
 from edgepack.package.render import render
 
 
@@ -59,10 +63,20 @@ Builder = Callable[[Bundle, "str | None"], Deliverable]
 @dataclass(frozen=True)
 class Platform:
     name: str
-    formats: tuple[str, ...]
-    """Artifact formats it can package, preferred first."""
     hint: str
     build: Builder
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Artifact formats it can package, in the order targets are offered (the exporters' declarations)."""
+        return platform_formats(self.name)
+
+
+def _packaging(artifact: Mapping[str, Any], platform: str) -> Packaging:
+    facts = packaging(artifact["format"], platform)
+    if facts is None:  # choose_targets only offers declared formats
+        raise BundleError(f"no exporter packages format '{artifact['format']}' for platform '{platform}'")
+    return facts
 
 
 def choose_targets(bundle: Bundle, platform: Platform, target: str | None) -> list[str]:
@@ -110,7 +124,16 @@ def _common(bundle: Bundle, target_id: str) -> dict[str, Any]:
 # android
 # --------------------------------------------------------------------------------------------------
 
-LITERT_MAVEN = "com.google.ai.edge.litert:litert"
+def _accelerator_facts(entry: Mapping[str, Any]) -> AcceleratorFacts:
+    """The accelerator facts the manifest records for the target; a bundle written before they were recorded
+    gets its shipped profile's (none when the profile is not shipped: the CPU path)."""
+    profile = entry.get("profile") or {}
+    if "accelerators" in profile:
+        return profile["accelerators"] or {}
+    from edgepack.targets.registry import load_registry
+
+    registry = load_registry()
+    return registry.get(profile["id"]) if profile.get("id") in registry.ids() else {}
 
 
 def _delegate_choice(entry: Mapping[str, Any], target_id: str) -> tuple[Any, str]:
@@ -121,7 +144,7 @@ def _delegate_choice(entry: Mapping[str, Any], target_id: str) -> tuple[Any, str
         why = (f"No accelerator of {entry['profile']['name']} runs every op of this model "
                f"(reports/{target_id}/placement.json)." if placement else "The bundle has no placement report.")
         return None, why
-    delegate = LITERT_DELEGATES.get(name)
+    delegate = kotlin_delegate(_accelerator_facts(entry), name)
     if delegate is None:
         return None, f"The placement check recommends '{name}', whose delegate is not on Google Maven."
     return delegate, ""
@@ -131,15 +154,16 @@ def build_android(bundle: Bundle, target: str | None) -> Deliverable:
     target_id = choose_targets(bundle, PLATFORMS["android"], target)[0]
     values = _common(bundle, target_id)
     entry = values["entry"]
-    version = (entry.get("toolchain") or {}).get("ai-edge-litert")
+    facts = _packaging(values["artifact"], "android")
+    version = (entry.get("toolchain") or {}).get(facts.distribution)
     if not version:
-        raise BundleError(f"{bundle.root}: target '{target_id}' records no ai-edge-litert version to pin LiteRT to")
+        raise BundleError(f"{bundle.root}: target '{target_id}' records no {facts.distribution} version to pin LiteRT to")
     for spec in values["inputs"]:
         if spec.dtype == "float16" and spec.has_preprocess:
             raise UnsupportedError(f"target '{target_id}': input '{spec.name}' is float16 with preprocessing; the "
                                    "Kotlin generator handles float32 or quantized inputs", hint="use a float32-I/O recipe")
     delegate, cpu_reason = _delegate_choice(entry, target_id)
-    gradle = [f"{LITERT_MAVEN}:{version}"] + [f"{g}:{version}" for g in (delegate.gradle if delegate else ())]
+    gradle = [f"{facts.app_library}:{version}"] + [f"{g}:{version}" for g in (delegate.gradle if delegate else ())]
     names = values["names"]
     asset_dir = names["bundle_name"]
     values.update(
@@ -148,7 +172,7 @@ def build_android(bundle: Bundle, target: str | None) -> Deliverable:
         asset_dir=asset_dir,
         signature=(entry["artifact"].get("settings") or {}).get("signature"),
         gradle=gradle,
-        litert_source=f"ai-edge-litert {version}",
+        litert_source=f"{facts.distribution} {version}",
         litert_version=version,
         accelerator_line=(f"{delegate.name} delegate, CPU (XNNPACK) fallback" if delegate else f"CPU (XNNPACK). {cpu_reason}"),
     )
@@ -171,31 +195,34 @@ def build_android(bundle: Bundle, target: str | None) -> Deliverable:
 
 def _compute_units(entry: Mapping[str, Any], target_id: str) -> tuple[str, str]:
     name = recommended_accelerator(entry.get("placement"))
-    if name is not None and name in COREML_COMPUTE_UNITS:
-        return COREML_COMPUTE_UNITS[name], f"the placement check found '{name}' able to run every op"
+    units = coreml_compute_units(_accelerator_facts(entry), name) if name is not None else None
+    if units is not None:
+        return units, f"the placement check found '{name}' able to run every op"
     if entry.get("placement"):
         return ".all", f"no single accelerator runs every op (reports/{target_id}/placement.json); Core ML splits the graph"
     return ".all", "the bundle has no placement report; Core ML picks"
 
 
-def _mlpackage(artifact: Mapping[str, Any], target_id: str) -> PurePosixPath:
-    """The .mlpackage folder of a Core ML artifact (its ``path`` may name a descriptor file beside it)."""
+def _model_dir(artifact: Mapping[str, Any], target_id: str) -> PurePosixPath:
+    """The model folder of a directory-format artifact, named with its format's suffix (its ``path`` may name a
+    descriptor file beside it)."""
+    suffix = format_suffix(artifact["format"])
     for name in [artifact["path"], *artifact.get("files", ())]:
         for part in PurePosixPath(name).parents:
-            if part.suffix == ".mlpackage":
+            if part.suffix == suffix:
                 return part
-        if PurePosixPath(name).suffix == ".mlpackage":
+        if PurePosixPath(name).suffix == suffix:
             return PurePosixPath(name)
-    raise BundleError(f"target '{target_id}': its mlpackage artifact lists no .mlpackage folder")
+    raise BundleError(f"target '{target_id}': its {artifact['format']} artifact lists no {suffix} folder")
 
 
 def build_ios(bundle: Bundle, target: str | None) -> Deliverable:
     target_id = choose_targets(bundle, PLATFORMS["ios"], target)[0]
     values = _common(bundle, target_id)
-    mlpackage = _mlpackage(values["artifact"], target_id)
-    model_file = mlpackage.name
+    model_dir = _model_dir(values["artifact"], target_id)
+    model_file = model_dir.name
     units, reason = _compute_units(values["entry"], target_id)
-    values.update(model_file=model_file, model_stem=mlpackage.stem, model_ext=mlpackage.suffix.lstrip("."),
+    values.update(model_file=model_file, model_stem=model_dir.stem, model_ext=model_dir.suffix.lstrip("."),
                   compute_units=units, compute_units_reason=reason)
     names = values["names"]
     sources = f"Sources/{names['class_prefix']}"
@@ -215,15 +242,6 @@ def build_ios(bundle: Bundle, target: str | None) -> Deliverable:
 # --------------------------------------------------------------------------------------------------
 # python
 # --------------------------------------------------------------------------------------------------
-
-PYTHON_RUNTIMES: dict[str, tuple[str, str]] = {
-    # artifact format: (runner runtime key, distribution whose recorded version is pinned)
-    "onnx": ("onnxruntime", "onnxruntime"),
-    "onnx-qdq": ("onnxruntime", "onnxruntime"),  # a TensorRT-bound QDQ graph: ONNX Runtime runs it as edgepack checked it
-    "openvino-ir": ("openvino", "openvino"),
-    "tflite": ("litert", "ai-edge-litert"),
-}
-
 
 def _io_map(artifact: Mapping[str, Any], source_specs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """``{source name: {name, perm, shape, dtype, quant}}`` for the artifact's inputs (``key="input"``) or outputs;
@@ -274,6 +292,7 @@ VERSION_ENV = "EDGEPACK_ALLOW_RUNTIME_MISMATCH"
 
 def build_python(bundle: Bundle, target: str | None) -> Deliverable:
     target_ids = choose_targets(bundle, PLATFORMS["python"], target)
+    build_scripts = device_build_scripts()
     source = bundle.manifest.get("source") or {}
     names = context.model_names(bundle.manifest)
     inputs = {}
@@ -289,7 +308,8 @@ def build_python(bundle: Bundle, target: str | None) -> Deliverable:
     for target_id in target_ids:
         entry = bundle.entry(target_id)
         artifact = entry["artifact"]
-        runtime, distribution = PYTHON_RUNTIMES[artifact["format"]]
+        facts = _packaging(artifact, "python")
+        runtime, distribution = facts.python_runtime, facts.distribution
         version = (entry.get("toolchain") or {}).get(distribution)
         requirement = f"{distribution}=={version}" if version else distribution
         requirements.add(requirement)
@@ -306,14 +326,14 @@ def build_python(bundle: Bundle, target: str | None) -> Deliverable:
             "precision": artifact["precision"],
             "signature": (artifact.get("settings") or {}).get("signature"),
             "static_batch": _static_batch(artifact),
-            "simulate_quantization": artifact["format"] == "onnx-qdq",
+            "simulate_quantization": facts.simulate_quantization,
             "input_map": _io_map(artifact, source.get("inputs", []), "input"),
             "output_map": _io_map(artifact, source.get("outputs", []), "output"),
         }
         rows.append({"id": target_id, "runtime": runtime, "files": sorted(copies), "precision": artifact["precision"],
                      "requirement": requirement, "format": artifact["format"],
                      "device_runtime": (entry.get("profile") or {}).get("runtime"),
-                     "engine_script": next((f for f in sorted(copies) if f.endswith("/build_engine.sh")), None)})
+                     "engine_script": next((f for f in sorted(copies) if PurePosixPath(f).name in build_scripts), None)})
     views = [context.tensor(s) for s in source.get("inputs", ())]
     values = {
         "names": names, "bundle_hash": bundle.sha256, "source": source, "inputs": views,
@@ -329,8 +349,7 @@ def build_python(bundle: Bundle, target: str | None) -> Deliverable:
 
 
 PLATFORMS: dict[str, Platform] = {
-    "android": Platform("android", ("tflite",), "export to an Android target, e.g. --target android-pixel8", build_android),
-    "ios": Platform("ios", ("mlpackage",), "export to a Core ML target, e.g. --target iphone-15-pro", build_ios),
-    "python": Platform("python", tuple(PYTHON_RUNTIMES),
-                       "export to a host target, e.g. --target host-ort", build_python),
+    "android": Platform("android", "export to an Android target, e.g. --target android-pixel8", build_android),
+    "ios": Platform("ios", "export to a Core ML target, e.g. --target iphone-15-pro", build_ios),
+    "python": Platform("python", "export to a host target, e.g. --target host-ort", build_python),
 }

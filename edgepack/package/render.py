@@ -1,4 +1,8 @@
-"""The Jinja2 environment for generated code, and the minimal per-language snippets every bundle carries."""
+"""The Jinja2 environment for generated code, and the minimal per-language snippets every bundle carries.
+
+Templates are looked up in ``edgepack/package/templates`` (runtime-neutral ones) and then in each exporter's
+template folder (:attr:`~edgepack.exporters.base.Capabilities.templates`); which snippet serves which artifact
+format is each exporter's :class:`~edgepack.exporters.base.Packaging` declaration."""
 
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ def environment() -> Any:
 
     from edgepack.package import context
 
+    from edgepack.exporters.registry import template_dirs
+
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        loader=jinja2.FileSystemLoader([str(TEMPLATES), *(str(folder) for folder in template_dirs())]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -33,16 +39,8 @@ def environment() -> Any:
 
 
 def render(template: str, **values: Any) -> str:
-    """Render ``templates/<template>`` with ``values``."""
+    """Render ``<template>`` (from the template search path, see the module docstring) with ``values``."""
     return environment().get_template(template).render(**values)
-
-
-SNIPPETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    # snippet path under snippets/: (template, platform the target must serve, artifact formats)
-    "kotlin/Run.kt": ("snippets/run.kt.j2", "android", ("tflite",)),
-    "swift/Run.swift": ("snippets/run.swift.j2", "ios", ("mlpackage",)),
-    "python/run.py": ("snippets/run.py.j2", "python", ("onnx", "onnx-qdq", "openvino-ir", "tflite")),
-}
 
 
 def render_snippets(manifest: Mapping[str, Any]) -> dict[str, str]:
@@ -52,11 +50,12 @@ def render_snippets(manifest: Mapping[str, Any]) -> dict[str, str]:
     no target produced an ``mlpackage``) is left out. Pure function of ``manifest`` (the ``files`` table
     is not needed), so the bundle writer can call it before hashing.
     """
+    from edgepack.exporters.registry import snippets
     from edgepack.package import context
 
     out: dict[str, str] = {}
     names = context.model_names(manifest)
-    for path, (template, _platform, formats) in SNIPPETS.items():
+    for path, (template, formats) in snippets().items():
         targets = context.ok_targets(manifest, formats)
         if not targets:
             continue

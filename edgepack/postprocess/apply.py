@@ -37,6 +37,8 @@ POSTPROCESS_KEY = "postprocess"
 """``ModelSource.extra`` key holding :meth:`NmsSettings.to_dict` (read by the contract, the gate, the manifest)."""
 RAW_OUTPUTS_KEY = "raw_outputs"
 """``ModelSource.extra`` key holding the head output specs the detections replaced."""
+NMS_SCOPE = "/edgepack_nms"
+"""Scope of every ONNX node of the appended NMS (both paths), so quantizers can be told to keep it float."""
 
 
 def output_specs(settings: NmsSettings) -> list[TensorSpec]:
@@ -88,7 +90,7 @@ def _concrete_shape(path: Path, inputs: list[TensorSpec], output: str) -> tuple[
     often write ``batch x 84 x f(height, width)``): one ONNX Runtime run on zeros; ``None`` if it cannot run."""
     import numpy as np
 
-    from edgepack.exporters.ort import OrtPredictor
+    from edgepack.exporters.ort.predictor import OrtPredictor
 
     try:
         predictor = OrtPredictor(path)
@@ -122,7 +124,7 @@ def _append_onnx(
             for dim, value in zip(graph_input.type.tensor_type.shape.dim, spec.shape):
                 dim.ClearField("dim_param")
                 dim.dim_value = int(value)
-    builder = OnnxBuilder("edgepack_nms")
+    builder = OnnxBuilder(NMS_SCOPE)
     values = build_nms(builder, head, layout, classes, boxes, settings)
     for value, name in zip(values, OUTPUT_NAMES):
         builder.rename_output(value, name)
@@ -160,19 +162,30 @@ def _torch_classes() -> tuple[type, type]:
             return build_nms(TorchBuilder(g), raw, layout, classes, boxes,  # type: ignore[arg-type]
                              NmsSettings(iou=iou, conf=conf, max_det=max_det))
 
+    class _NmsStep(nn.Module):
+        """The NMS alone: a submodule, so its exported nodes carry the :data:`NMS_SCOPE` scope."""
+
+        def __init__(self, plan: tuple[Any, ...]) -> None:
+            super().__init__()
+            self.plan = plan
+
+        def forward(self, raw: Any) -> Any:
+            return _Nms.apply(raw.to(torch.float32), *self.plan)
+
     class _NmsHead(nn.Module):
         """The wrapped detector followed by NMS; returns ``(boxes, scores, classes, count)``."""
 
         def __init__(self, inner: Any, layout: Layout, classes: int, boxes: int, settings: NmsSettings) -> None:
             super().__init__()
             self.inner = inner
-            self.plan = (layout, classes, boxes, float(settings.iou), float(settings.conf), int(settings.max_det))
+            plan = (layout, classes, boxes, float(settings.iou), float(settings.conf), int(settings.max_det))
+            setattr(self, NMS_SCOPE.strip("/"), _NmsStep(plan))
 
         def forward(self, *inputs: Any) -> Any:
             raw = self.inner(*inputs)
             if isinstance(raw, (tuple, list)):
                 raw = raw[0]
-            return _Nms.apply(raw.to(torch.float32), *self.plan)
+            return getattr(self, NMS_SCOPE.strip("/"))(raw)
 
     return _Nms, _NmsHead
 
@@ -186,3 +199,20 @@ def NmsHead(inner: Any, layout: Layout, classes: int, boxes: int, settings: NmsS
     if _CLASSES is None:
         _CLASSES = _torch_classes()
     return _CLASSES[1](inner, layout, classes, boxes, settings).eval()
+
+
+def float_nodes(onnx_path: Path) -> tuple[str, ...]:
+    """What quantizers must keep in float in a post-processed model: the NMS scope, and the nodes producing
+    the head it reads. A YOLO head concatenates box coordinates (pixels) and class scores (0..1) into one
+    tensor; one int8 scale for both leaves the scores a handful of levels, and NMS then ranks noise."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    inside = [node for node in graph.node if node.name.startswith(NMS_SCOPE + "/")]
+    if not inside:
+        return ()
+    produced_inside = {out for node in inside for out in node.output}
+    entering = {name for node in inside for name in node.input if name and name not in produced_inside}
+    producers = [node.name for node in graph.node
+                 if node.name and not node.name.startswith(NMS_SCOPE + "/") and set(node.output) & entering]
+    return (NMS_SCOPE, *producers)

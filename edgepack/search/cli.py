@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgepack.device_bench.farm_cli import DB_HELP
+from edgepack.farm.cli import DB_HELP
 
 
 def search(

@@ -416,7 +416,7 @@ def search(
     missing = exporter.toolchain().missing
     if missing:
         raise InputError(f"toolchain for '{profile.runtime}' is missing: {'; '.join(missing.values())}")
-    bench_runner = runner_for_uri(runner)
+    bench_runner = runner_for_uri(runner, registry=registry)
     model = source if isinstance(source, ModelSource) else load_source(source)
     calib_set, eval_set = _datasets(model, calib, eval_data)
     quick_eval = eval_set.take(_subset_indices(len(eval_set), settings.subset or max(64, len(eval_set) // 4)))
@@ -469,7 +469,7 @@ def _run(context: _Context, space: Sequence[Candidate], *, has_calib: bool) -> S
             break
         recipe = candidate.recipe(book, context.ranking_layers() if candidate.exclude_top else ())
         if not has_calib and QuantizationPlan(recipe, None).needs_calibration:
-            continue  # static int8 / AWQ without --calib: export would skip it
+            continue  # static int8 / AWQ without calibration data (none given, none made): export would skip it
         digest = recipe_digest(recipe)
         if digest in seen:
             continue  # identical to a candidate already measured (e.g. fewer sensitive layers than asked)
@@ -496,7 +496,7 @@ def _run(context: _Context, space: Sequence[Candidate], *, has_calib: bool) -> S
 
 def _safe_url(db: str | None) -> str:
     """The database URL without its password (for the journal)."""
-    from edgepack.device_bench.store import default_db_url, normalize_url
+    from edgepack.farm.store import default_db_url, normalize_url
     from sqlalchemy.engine import make_url
 
     return make_url(normalize_url(db or default_db_url())).render_as_string(hide_password=True)
@@ -505,7 +505,11 @@ def _safe_url(db: str | None) -> str:
 def _datasets(model: ModelSource, calib: str | Path | None, eval_data: str | Path | None) -> tuple[Dataset | None, Dataset]:
     from edgepack.data.dataset import load_dataset
 
+    from edgepack.models.synthetic import synthetic_calibration
+
     calib_set = load_dataset(calib, model.inputs) if calib is not None else model.extra.get("calib")
+    if calib_set is None:  # as export does: static int8 calibrates on domain-shaped data edgepack makes
+        calib_set = synthetic_calibration(model.inputs)
     eval_set = load_dataset(eval_data, model.inputs, require_labels=True) if eval_data is not None else model.extra.get("eval")
     if eval_set is None:
         raise InputError("search needs evaluation data: pass --eval DATA (.npz with 'labels')")

@@ -24,7 +24,7 @@ FARM = "search"
 def record_trials(db: str | None, result: "SearchResult", trials: Sequence[Trial], model: ModelSource, runner: str,
                   identity: dict[str, Any]) -> int | None:
     """Store ``trials`` (those of ``result`` not stored before) as one run; its id, or ``None`` when none."""
-    from edgepack.device_bench.store import JobSpec, bundle_provenance, open_store
+    from edgepack.farm.store import JobSpec, bundle_provenance, open_store
 
     fresh = list(trials)
     if not fresh:

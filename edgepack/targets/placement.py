@@ -4,6 +4,8 @@ Each non-CPU accelerator is checked on its own (a delegate is chosen per run): f
 graph, in graph order, the accelerator's op table (in the profile's vocabulary: ONNX op types or
 TFLite builtin names) and its constraints decide; ops it cannot take fall back to the CPU with the
 reason. ``first_fallback_index`` is where a single-partition accelerator (Edge TPU) would stop.
+The graph itself is read by the exporter that declares the artifact's format and the profile's vocabulary
+(:meth:`edgepack.exporters.base.Exporter.graph_ops`); this module never opens a model file.
 """
 
 from __future__ import annotations
@@ -163,122 +165,24 @@ def place(ops: list[GraphOp], profile: TargetProfile, precision: str | None, che
     )
 
 
-_ONNX_TYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool", 11: "float64"}
-
-
-def onnx_graph_ops(path: Path) -> list[GraphOp]:
-    """The ops of an ONNX graph with dtype / rank / kernel / stride / dilation facts (after shape inference)."""
-    import onnx
-    from onnx import shape_inference
-
-    model = shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
-    graph = model.graph
-    types: dict[str, onnx.TypeProto] = {}
-    for value in list(graph.value_info) + list(graph.input) + list(graph.output):
-        types[value.name] = value.type
-    initializers = {init.name: init for init in graph.initializer}
-    ops = []
-    for index, node in enumerate(graph.node):
-        dtypes, ranks, static = [], [], True
-        for name in node.input:
-            if not name:
-                continue
-            if name in initializers:
-                dtypes.append(_ONNX_TYPES.get(initializers[name].data_type, "other"))
-                continue
-            tensor = types.get(name)
-            if tensor is None or not tensor.HasField("tensor_type"):
-                continue
-            dtypes.append(_ONNX_TYPES.get(tensor.tensor_type.elem_type, "other"))
-            dims = tensor.tensor_type.shape.dim
-            ranks.append(len(dims))
-            static = static and all(d.HasField("dim_value") for d in dims)
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        weight = initializers.get(node.input[1]) if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 else None
-        ops.append(GraphOp(
-            name=node.name or f"{node.op_type}_{index}",
-            op_type=node.op_type,
-            dtypes=tuple(sorted(set(dtypes))),
-            rank=max(ranks) if ranks else None,
-            static=static,
-            kernel=max(attrs["kernel_shape"]) if attrs.get("kernel_shape") else None,
-            stride=max(attrs["strides"]) if attrs.get("strides") else None,
-            dilation=max(attrs["dilations"]) if attrs.get("dilations") else None,
-            channels=int(weight.dims[0]) if weight is not None and weight.dims else None,
-        ))
-    return ops
-
-
-_TFLITE_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8"}
-
-
-def tflite_graph_ops(path: Path) -> list[GraphOp]:
-    """The operators of a .tflite file's main subgraph with their activation-input dtypes, rank, static-ness and
-    op version."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
-    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
-    codes = []
-    for index in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(index)
-        custom = code.CustomCode()
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        codes.append((custom.decode() if custom else names.get(builtin, f"BUILTIN_{builtin}"), code.Version()))
-    graph = model.Subgraphs(0)
-    ops = []
-    for index in range(graph.OperatorsLength()):
-        operator = graph.Operators(index)
-        op_type, version = codes[operator.OpcodeIndex()]
-        dtypes, ranks, static = set(), [], True
-        for position in range(operator.InputsLength()):
-            tensor_index = operator.Inputs(position)
-            if tensor_index < 0:
-                continue
-            tensor = graph.Tensors(tensor_index)
-            if tensor.Buffer() > 0 and model.Buffers(tensor.Buffer()).DataLength() > 0:
-                continue  # constant operands (int32 biases, axes) do not decide the op's compute dtype
-            dtypes.add(_TFLITE_TYPES.get(tensor.Type(), "other"))
-            ranks.append(tensor.ShapeLength())
-            signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else None
-            static = static and not (signature is not None and (signature < 0).any())
-        ops.append(GraphOp(f"{op_type}_{index}", op_type, tuple(sorted(dtypes)), max(ranks) if ranks else None,
-                           static, version=version))
-    return ops
-
-
-def _onnx_file(artifact_path: Path, artifact_format: str, hub: Path | None) -> Path | None:
-    return artifact_path if artifact_format == "onnx" else hub
-
-
-def mil_graph_ops(path: Path) -> list[GraphOp]:
-    """The ops of a Core ML ``.mlpackage``'s MIL program (read by :mod:`edgepack.exporters.coreml_ane`)."""
-    from edgepack.exporters.coreml_ane import mil_graph_ops as read
-
-    return read(path)
-
-
-GRAPH_READERS = {
-    "onnx": lambda path, fmt, hub: (onnx_graph_ops, _onnx_file(path, fmt, hub)),
-    "tflite": lambda path, fmt, hub: (tflite_graph_ops, path if fmt.startswith("tflite") else None),
-    "mil": lambda path, fmt, hub: (mil_graph_ops, path if fmt == "mlpackage" else None),
-}
-"""vocabulary -> (reader, file to read) for an artifact."""
-
-
 def placement_for(
     profile: TargetProfile, precision: str | None, artifact_path: Path, artifact_format: str, hub: Path | None
 ) -> PlacementReport | None:
     """Placement of an exported artifact on ``profile``; ``None`` when the profile has no op tables or the
-    graph cannot be read in the profile's vocabulary."""
+    graph cannot be read in the profile's vocabulary.
+
+    The graph is read by an exporter whose :attr:`~edgepack.exporters.base.Capabilities.graph_formats` hold the
+    artifact's format in that vocabulary; when none does (an artifact converted from the hub, e.g. OpenVINO IR
+    on an ONNX-vocabulary profile), the ONNX hub file ``hub`` is read instead, if the vocabulary is its own."""
+    from edgepack.exporters.onnx.hub import HUB_FORMAT
+    from edgepack.exporters.registry import graph_reader
+
     checked = [acc for acc in profile.accelerators.values() if not acc.all_ops]
     if not checked:
         return None
     vocabulary = checked[0].op_vocabulary
-    reader = GRAPH_READERS.get(vocabulary)
-    if reader is None:
-        return None
-    read, path = reader(artifact_path, artifact_format, hub)
-    if path is None:
-        return None
-    return place(read(path), profile, precision, checked_on=path.name)
+    for path, fmt in ((artifact_path, artifact_format), (hub, HUB_FORMAT)):
+        reader = graph_reader(fmt, vocabulary) if path is not None else None
+        if reader is not None:
+            return place(reader.graph_ops(path, fmt), profile, precision, checked_on=path.name)
+    return None

@@ -3,21 +3,35 @@
 A profile holds facts that are true of a device: its runtime and artifact format, its accelerators
 with their precisions and supported-op tables (in the vocabulary the placement check runs on), memory,
 published peak TOPS, toolchain version pins, and the *names* of the recipes it prefers (recipe contents
-live in ``edgepack/compress/recipes``). Unknown keys are rejected.
+live in ``edgepack/compress/recipes``). Each accelerator also carries the runtime facts runners and
+generated apps need to select it (``litert_delegate``, ``coreml_compute_units``), so a new device with a new
+accelerator is one TOML file. Unknown keys are rejected.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from edgepack._schema import StrictModel
 
 Precision = Literal["fp32", "fp16", "bf16", "int16", "int8", "int4", "uint8", "a16w8", "int8-dynamic"]
-OpVocabulary = Literal["onnx", "tflite", "mil", "openvino"]
+
+
+def _op_vocabulary(name: str) -> str:
+    """``name`` when an installed exporter declares it as its op vocabulary (a new runtime brings its own)."""
+    from edgepack.exporters.registry import op_vocabularies
+
+    known = op_vocabularies()
+    if name not in known:
+        raise ValueError(f"unknown op vocabulary '{name}' (known: {', '.join(sorted(known))})")
+    return name
+
+
+OpVocabulary = Annotated[str, AfterValidator(_op_vocabulary)]
 AcceleratorKind = Literal["cpu", "gpu", "npu", "dla", "dsp", "tpu"]
 
 _ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -35,6 +49,71 @@ class OpConstraint(StrictModel):
     max_channels: int | None = Field(default=None, ge=1)
     versions: list[int] | None = None
     note: str | None = None
+
+
+_FLAG = re.compile(r"^--[A-Za-z0-9_]+=\S+$")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_KOTLIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_MAVEN = re.compile(r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")
+BENCHMARK_PLACEHOLDERS = ("lib_dir",)
+"""What ``benchmark_flags`` may interpolate: ``{lib_dir}``, the phone's delegate-library folder."""
+CoreMLComputeUnits = Literal["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
+"""The cases of Core ML's ``MLComputeUnits``."""
+
+
+class LiteRTDelegate(StrictModel):
+    """How LiteRT runs a model on one accelerator: the ``benchmark_model`` flags (the ``adb://`` runner) and,
+    where the delegate ships on Maven, how generated Kotlin creates it (``edgepack package --platform android``).
+    ``[accelerators.<id>.litert_delegate]`` in a profile."""
+
+    benchmark_flags: list[str] = Field(min_length=1)
+    """benchmark_model flags selecting the delegate (``--use_gpu=true``); ``{lib_dir}`` is replaced by the
+    phone's delegate-library folder (the adb runner's ``lib_dir`` option)."""
+    reported_as: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    """The name benchmark_model prints in "Explicitly applied <NAME> delegate" (``EXTERNAL`` for a delegate
+    loaded with ``--external_delegate_path``)."""
+    kotlin_create: str | None = None
+    """A Kotlin expression of type ``org.tensorflow.lite.Delegate`` (``GpuDelegate()``). Unset: generated
+    apps run this accelerator's share of the graph on the CPU path (XNNPACK) and say why."""
+    kotlin_imports: list[str] = Field(default_factory=list)
+    """Fully qualified Kotlin names ``kotlin_create`` needs."""
+    maven: list[str] = Field(default_factory=list)
+    """Extra Maven artifacts (``group:name``) beside ``com.google.ai.edge.litert:litert``, pinned to the same
+    version."""
+
+    @field_validator("benchmark_flags")
+    @classmethod
+    def _check_flags(cls, value: list[str]) -> list[str]:
+        for flag in value:
+            if not _FLAG.match(flag):
+                raise ValueError(f"{flag!r} is not one '--name=value' benchmark_model flag")
+            unknown = [p for p in _PLACEHOLDER.findall(flag) if p not in BENCHMARK_PLACEHOLDERS]
+            if unknown or flag.count("{") != flag.count("}"):
+                raise ValueError(f"{flag!r}: the only placeholder is {{lib_dir}}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_kotlin(self) -> "LiteRTDelegate":
+        if self.kotlin_create is None and (self.kotlin_imports or self.maven):
+            raise ValueError("kotlin_imports and maven need kotlin_create")
+        if self.kotlin_create is not None and (not self.kotlin_create.strip() or "\n" in self.kotlin_create):
+            raise ValueError("kotlin_create: one Kotlin expression on one line")
+        for name in self.kotlin_imports:
+            if not _KOTLIN_NAME.match(name):
+                raise ValueError(f"kotlin_imports: {name!r} is not a fully qualified Kotlin name")
+        for coordinate in self.maven:
+            if not _MAVEN.match(coordinate):
+                raise ValueError(f"maven: {coordinate!r} is not 'group:name' (the version is LiteRT's)")
+        return self
+
+    @property
+    def needs_lib_dir(self) -> bool:
+        """Whether the flags load libraries from the phone's delegate-library folder."""
+        return any("{lib_dir}" in flag for flag in self.benchmark_flags)
+
+    def flags(self, lib_dir: str) -> tuple[str, ...]:
+        """``benchmark_flags`` with ``{lib_dir}`` filled in."""
+        return tuple(flag.replace("{lib_dir}", lib_dir) for flag in self.benchmark_flags)
 
 
 class Accelerator(StrictModel):
@@ -56,6 +135,10 @@ class Accelerator(StrictModel):
     ``prefix`` (the Edge TPU compiler maps ops up to the first unsupported one; the whole tail runs on the CPU)."""
     source: str | None = None
     """Key into :attr:`TargetProfile.sources` naming where the op table was taken from."""
+    litert_delegate: LiteRTDelegate | None = None
+    """LiteRT profiles: the delegate that runs this accelerator (benchmark flags, Kotlin construction)."""
+    coreml_compute_units: CoreMLComputeUnits | None = None
+    """Core ML profiles: the ``MLComputeUnits`` that select this accelerator."""
 
     @model_validator(mode="after")
     def _ops_or_all(self) -> "Accelerator":

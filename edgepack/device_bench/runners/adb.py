@@ -7,9 +7,10 @@ Per artifact: ``mktemp -d`` under ``/data/local/tmp`` -> ``adb push`` the ``.tfl
 
 * :class:`AdbTransport` only builds argument lists (``adb -s SERIAL push|pull|shell``); the one remote
   command line of ``adb shell`` is joined from :func:`shlex.quote`-d words.
-* The delegate comes from the target profile: the accelerator named by ``BenchConfig.accelerator``
-  (default ``cpu``) must be one of the profile's accelerators, and :data:`DELEGATES` maps its id to
-  benchmark_model flags.
+* The delegate comes from the target profile (looked up in the registry the runner is given): the
+  accelerator named by ``BenchConfig.accelerator`` (default ``cpu``) must be one of the profile's
+  accelerators, and its ``[accelerators.<id>.litert_delegate]`` table holds the benchmark_model flags and
+  the name benchmark_model reports it under. A new accelerator is a profile edit, not a code change.
 * :func:`parse_harness_output` and :func:`parse_benchmark_output` read the result file;
   :func:`to_bench_result` turns them into a :class:`BenchResult`.
 
@@ -44,6 +45,8 @@ from edgepack.device_bench.runners.base import Runner, RunnerError, remote_clean
 from edgepack.errors import InputError, UnsupportedError
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import TensorSpec
+from edgepack.targets.registry import Registry
+from edgepack.targets.schema import LiteRTDelegate, TargetProfile
 
 HARNESS_DIR = Path(__file__).resolve().parents[3] / "android_harness"
 """``android_harness/`` of a source checkout (override with the ``harness`` option)."""
@@ -85,58 +88,36 @@ _REMOTE_DIR = re.compile(rf"^/[A-Za-z0-9_./-]*/{re.escape(REMOTE_PREFIX)}[A-Za-z
 
 
 # --------------------------------------------------------------------------------------------------
-# Delegates: profile accelerator id -> benchmark_model flags (data, not branches)
+# Delegates: the profile's [accelerators.<id>.litert_delegate] (data, not branches)
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Delegate:
-    """How benchmark_model runs a model on one accelerator."""
-
-    flags: tuple[str, ...]
-    """benchmark_model flags; ``{lib_dir}`` is replaced by the phone's delegate library folder."""
-    reported_as: str
-    """The name benchmark_model prints in "Explicitly applied <NAME> delegate"."""
-    needs_lib_dir: bool = False
-
-
-DELEGATES: dict[str, Delegate] = {
-    "cpu": Delegate(("--use_xnnpack=true",), "XNNPACK"),
-    "gpu": Delegate(("--use_gpu=true",), "GPU"),
-    "nnapi": Delegate(("--use_nnapi=true",), "NNAPI"),
-    "htp": Delegate(
-        ("--external_delegate_path={lib_dir}/libQnnTFLiteDelegate.so", "--external_delegate_options=backend_type:htp"),
-        "EXTERNAL",
-        needs_lib_dir=True,
-    ),
-}
-"""Accelerator ids of the Android profiles (``[accelerators.<id>]``) -> benchmark_model flags. The QNN
-HTP delegate is Qualcomm's external delegate; its libraries live in ``lib_dir`` on the phone."""
 
 DEFAULT_ACCELERATOR = "cpu"
 
 
-def delegate_for(target_id: str, accelerator: str | None, lib_dir: str) -> tuple[str, Delegate, tuple[str, ...]]:
-    """(accelerator id, delegate, flags) for ``accelerator`` of profile ``target_id``.
+def delegate_for(
+    profile: TargetProfile, accelerator: str | None, lib_dir: str
+) -> tuple[str, LiteRTDelegate, tuple[str, ...]]:
+    """(accelerator id, delegate, flags) for ``accelerator`` (default ``cpu``) of ``profile``.
 
-    Refuses an accelerator the profile does not declare, and one no delegate is known for.
+    Refuses an accelerator the profile does not declare, and one whose profile entry has no
+    ``litert_delegate`` table.
     """
-    from edgepack.targets.registry import load_registry
-
-    profile = load_registry().get(target_id)
     name = accelerator or DEFAULT_ACCELERATOR
-    if name not in profile.accelerators:
+    acc = profile.accelerators.get(name)
+    if acc is None:
         known = ", ".join(sorted(profile.accelerators))
         raise InputError(
-            f"accelerator '{name}' is not one of {target_id}'s accelerators", hint=f"choose one of: {known}"
+            f"accelerator '{name}' is not one of {profile.id}'s accelerators", hint=f"choose one of: {known}"
         )
-    delegate = DELEGATES.get(name)
+    delegate = acc.litert_delegate
     if delegate is None:
-        known = ", ".join(sorted(DELEGATES))
+        known = ", ".join(sorted(n for n, a in profile.accelerators.items() if a.litert_delegate is not None))
         raise UnsupportedError(
-            f"accelerator '{name}' of {target_id}: no benchmark_model delegate is known for it", hint=f"known: {known}"
+            f"accelerator '{name}' of {profile.id}: its profile names no benchmark_model delegate "
+            f"([accelerators.{name}.litert_delegate])",
+            hint=f"with delegates: {known}" if known else "add benchmark_flags and reported_as to the profile",
         )
-    return name, delegate, tuple(flag.format(lib_dir=lib_dir) for flag in delegate.flags)
+    return name, delegate, delegate.flags(lib_dir)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,7 +418,7 @@ def thermal_summary(run: HarnessRun) -> tuple[dict[str, Any] | None, str | None]
     return {"start_c": start, "end_c": end, "max_end_c": max(end.values())}, None
 
 
-def _delegation_notes(accelerator: str, delegate: Delegate, report: BenchmarkModelReport) -> list[str]:
+def _delegation_notes(accelerator: str, delegate: LiteRTDelegate, report: BenchmarkModelReport) -> list[str]:
     ours = [d for d in report.delegations if d.delegate.upper() == delegate.reported_as]
     if not ours:
         if accelerator == DEFAULT_ACCELERATOR:
@@ -462,7 +443,7 @@ def to_bench_result(
     artifact: Artifact,
     config: BenchConfig,
     accelerator: str,
-    delegate: Delegate,
+    delegate: LiteRTDelegate,
     flags: Sequence[str],
 ) -> BenchResult:
     """The :class:`BenchResult` of one harness run (what benchmark_model did not publish is ``None``)."""
@@ -583,17 +564,21 @@ def _whole(uri: str, name: str, value: str, lowest: int) -> int:
 
 
 class AdbRunner(Runner):
-    """Benchmarks ``.tflite`` artifacts on an Android phone with benchmark_model."""
+    """Benchmarks ``.tflite`` artifacts on an Android phone with benchmark_model; the delegate flags come from
+    the artifact's target profile in ``registry``."""
 
     feeds_input_specs = False  # the device tool feeds the artifact's own input shapes
+    uses_profiles = True
 
     scheme = "adb"
+    formats = ("tflite",)
     option_names = ("adb", "benchmark_model", "remote_dir", "lib_dir", "sysfs", "idle_ms", "sample_ms", "harness")
 
     def __init__(
         self,
         transport: AdbTransport,
         *,
+        registry: Registry,
         benchmark_model: str = "/data/local/tmp/benchmark_model",
         remote_dir: str = "/data/local/tmp",
         lib_dir: str = "/data/local/tmp/qnn",
@@ -603,6 +588,7 @@ class AdbRunner(Runner):
         harness: Path = HARNESS_DIR,
     ) -> None:
         self.transport = transport
+        self.registry = registry
         self.benchmark_model = benchmark_model
         self.remote_dir = remote_dir
         self.lib_dir = lib_dir
@@ -612,7 +598,9 @@ class AdbRunner(Runner):
         self.script = harness / DEVICE_SCRIPT
 
     @classmethod
-    def from_uri(cls, uri: str, options: Mapping[str, str]) -> "AdbRunner":
+    def from_uri(cls, uri: str, options: Mapping[str, str], *, registry: Registry | None = None) -> "AdbRunner":
+        if registry is None:
+            raise TypeError("AdbRunner.from_uri needs the target registry (runner_for_uri passes it)")
         scheme, serial, _ = split_uri(uri)
         if scheme != "adb" or not serial:
             raise InputError(f"runner '{uri}': expected adb://SERIAL (the serial 'adb devices' lists)")
@@ -627,7 +615,8 @@ class AdbRunner(Runner):
             if name in options
         }
         harness = Path(options["harness"]).expanduser() if "harness" in options else HARNESS_DIR
-        return cls(AdbTransport(serial.rstrip("/"), options.get("adb", "adb")), **paths, **numbers, harness=harness)
+        transport = AdbTransport(serial.rstrip("/"), options.get("adb", "adb"))
+        return cls(transport, registry=registry, **paths, **numbers, harness=harness)
 
     @property
     def uri(self) -> str:
@@ -661,13 +650,11 @@ class AdbRunner(Runner):
     def run(
         self, artifact: Artifact, config: BenchConfig, *, inputs: Sequence[TensorSpec] | None = None
     ) -> BenchResult:
-        if artifact.format != "tflite":
-            raise UnsupportedError(
-                f"{artifact.target_id}: the adb runner runs .tflite artifacts, not {artifact.format}"
-            )
+        self.check_format(artifact)
         if not self.script.is_file():
             raise UnsupportedError(f"{self.script} not found", hint="pass ?harness=PATH/TO/android_harness")
-        accelerator, delegate, flags = delegate_for(artifact.target_id, config.accelerator, self.lib_dir)
+        profile = self.registry.get(artifact.target_id)
+        accelerator, delegate, flags = delegate_for(profile, config.accelerator, self.lib_dir)
         remote = self._mktemp()
         try:
             graph = f"{remote}/model.tflite"

@@ -16,13 +16,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl
 
 from edgepack.device_bench.config import BenchConfig, BenchResult
-from edgepack.errors import BundleError, EdgepackError, InputError
+from edgepack.errors import BundleError, EdgepackError, InputError, UnsupportedError
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import Preprocess, QuantParams, TensorSpec
+
+if TYPE_CHECKING:
+    from edgepack.targets.registry import Registry
 
 RUNNERS: dict[str, str] = {
     "host": "edgepack.device_bench.runners.host:HostRunner",
@@ -49,6 +52,11 @@ class Runner(ABC):
     feeds_input_specs: ClassVar[bool] = True
     """Whether the runner builds its inputs from the ``inputs`` specs it is given (so ``BenchConfig.batch``
     applies); a runner whose device tool feeds the artifact's own shapes sets False."""
+    formats: ClassVar[tuple[str, ...]] = ()
+    """Artifact formats the runner runs (``Artifact.format``); empty: whatever its predictor or agent loads."""
+    uses_profiles: ClassVar[bool] = False
+    """Whether the runner reads device facts from the artifact's target profile: such a runner's
+    ``from_uri`` takes the target ``registry`` as a keyword argument."""
 
     @classmethod
     @abstractmethod
@@ -65,6 +73,14 @@ class Runner(ABC):
         self, artifact: Artifact, config: BenchConfig, *, inputs: Sequence[TensorSpec] | None = None
     ) -> BenchResult:
         """Measure ``artifact``. ``inputs`` are the specs of what its predictor takes (default: its own inputs)."""
+
+    def check_format(self, artifact: Artifact) -> None:
+        """Refuse ``artifact`` when :attr:`formats` is set and does not name its format."""
+        if self.formats and artifact.format not in self.formats:
+            runs = " / ".join(f".{f}" for f in self.formats)
+            raise UnsupportedError(
+                f"{artifact.target_id}: the {self.scheme} runner runs {runs} artifacts, not {artifact.format}"
+            )
 
 
 def split_uri(uri: str) -> tuple[str, str, str]:
@@ -93,8 +109,13 @@ def merge_options(uri: str, query: str, options: Mapping[str, str], allowed: Seq
     return merged
 
 
-def runner_for_uri(uri: str, **options: str) -> Runner:
-    """The runner for ``uri`` (``host``, ``ssh://user@host[:port]``, ...); ``options`` add to the URI query."""
+def runner_for_uri(uri: str, *, registry: "Registry | None" = None, **options: str) -> Runner:
+    """The runner for ``uri`` (``host``, ``ssh://user@host[:port]``, ...); ``options`` add to the URI query.
+
+    ``registry`` is the target registry runners that read device facts from profiles (``adb``, ``ios``) look
+    artifacts' targets up in; callers pass the one they loaded (with the user's own profiles). ``None`` loads
+    the shipped profiles, and only for such a runner.
+    """
     scheme, _, query = split_uri(uri.strip())
     target = RUNNERS.get(scheme)
     if target is None:
@@ -102,7 +123,14 @@ def runner_for_uri(uri: str, **options: str) -> Runner:
         raise InputError(f"runner '{uri}': unknown scheme '{scheme}'", hint=f"known runners: {known}")
     module, name = target.split(":")
     cls: type[Runner] = getattr(import_module(module), name)
-    return cls.from_uri(uri.strip(), merge_options(uri, query, options, cls.option_names))
+    merged = merge_options(uri, query, options, cls.option_names)
+    if not cls.uses_profiles:
+        return cls.from_uri(uri.strip(), merged)
+    if registry is None:
+        from edgepack.targets.registry import load_registry
+
+        registry = load_registry()
+    return cls.from_uri(uri.strip(), merged, registry=registry)  # type: ignore[call-arg]
 
 
 # --------------------------------------------------------------------------------------------------

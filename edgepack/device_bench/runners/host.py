@@ -18,7 +18,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
 from pathlib import Path
@@ -32,7 +32,8 @@ from edgepack.device_bench.energy import EnergyMeter, open_meter, read_thermal_z
 from edgepack.device_bench.runners.base import Runner, RunnerError
 from edgepack.device_bench.stats import detect_warmup, summarize
 from edgepack.errors import InputError, UnsupportedError
-from edgepack.exporters.base import Arrays, Artifact, NotRunnable, Predictor
+from edgepack.exporters.base import Arrays, Artifact, BenchAdapter, NotRunnable, Predictor
+from edgepack.exporters.registry import capabilities, get_exporter
 from edgepack.models.sample import example_inputs
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.signals import raise_if_interrupted
@@ -42,51 +43,6 @@ POLL_SECONDS = 1.0
 SUSTAINED_BINS = 200
 GOVERNOR = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 MEMORY_NOTE = "peak_mem_mb: peak sampled RSS of the benchmarking process (interpreter and runtime libraries included)"
-
-
-# --------------------------------------------------------------------------------------------------
-# Predictors with a thread count
-# --------------------------------------------------------------------------------------------------
-
-
-def _ort(artifact: Artifact, threads: int | None) -> tuple[Predictor, int]:
-    from edgepack.exporters.ort import DEFAULT_THREADS, OrtPredictor
-
-    count = threads or DEFAULT_THREADS
-    return OrtPredictor(artifact.path, threads=count), count
-
-
-def _openvino(artifact: Artifact, threads: int | None) -> tuple[Predictor, int]:
-    from edgepack.exporters.openvino import DEFAULT_THREADS, OpenVinoPredictor
-
-    count = threads or DEFAULT_THREADS
-    return OpenVinoPredictor(artifact.path, threads=count), count
-
-
-def _tflite(artifact: Artifact, threads: int | None) -> tuple[Predictor, int]:
-    from edgepack.exporters.tflite import DEFAULT_THREADS, TflitePredictor
-
-    count = threads or DEFAULT_THREADS
-    return TflitePredictor(artifact.path, artifact.settings, threads=count), count
-
-
-@dataclass(frozen=True)
-class RuntimeAdapter:
-    """How to load one runtime's predictor with a chosen thread count."""
-
-    module: str
-    """Imported before the cold-start timer starts (a library import is not a model load)."""
-    distribution: str
-    build: Callable[[Artifact, int | None], tuple[Predictor, int]]
-
-
-ADAPTERS: dict[str, RuntimeAdapter] = {
-    "onnxruntime": RuntimeAdapter("onnxruntime", "onnxruntime", _ort),
-    "openvino": RuntimeAdapter("openvino", "openvino", _openvino),
-    "tflite": RuntimeAdapter("ai_edge_litert.interpreter", "ai-edge-litert", _tflite),
-}
-"""Runtimes whose thread count the bench controls. Other runtimes run through their exporter's
-``predictor()`` with the runtime's own threading."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +57,15 @@ def _source_for(artifact: Artifact, inputs: Sequence[TensorSpec]) -> ModelSource
     return ModelSource("onnx", str(artifact.path), artifact.target_id, "", list(inputs), list(artifact.outputs))
 
 
+def _adapter(runtime: str) -> BenchAdapter | None:
+    """The runtime's declared bench adapter (:attr:`~edgepack.exporters.base.Capabilities.bench`): runtimes with
+    one get the bench's thread count; the others run through their exporter's ``predictor()``."""
+    declared = capabilities(runtime)
+    return declared.bench if declared is not None else None
+
+
 def _load(artifact: Artifact, inputs: Sequence[TensorSpec], threads: int | None) -> Loaded:
-    adapter = ADAPTERS.get(artifact.runtime)
+    adapter = _adapter(artifact.runtime)
     if adapter is None:
         return _load_through_exporter(artifact, inputs, threads)
     try:
@@ -118,8 +81,6 @@ def _load(artifact: Artifact, inputs: Sequence[TensorSpec], threads: int | None)
 
 
 def _load_through_exporter(artifact: Artifact, inputs: Sequence[TensorSpec], threads: int | None) -> Loaded:
-    from edgepack.exporters.registry import get_exporter
-
     if threads is not None:
         raise UnsupportedError(f"{artifact.target_id}: the bench cannot set threads for runtime {artifact.runtime}")
     exporter = get_exporter(artifact.runtime)
@@ -155,7 +116,7 @@ def _version(distribution: str) -> str | None:
 
 def host_env(runtime: str, threads: int | None) -> dict[str, Any]:
     """Runtime and versions, threads, CPU, frequency governor and host name of this machine."""
-    adapter = ADAPTERS.get(runtime)
+    adapter = _adapter(runtime)
     versions = {"edgepack": __version__, "numpy": np.__version__}
     if adapter is not None:
         versions[adapter.distribution] = _version(adapter.distribution)

@@ -8,8 +8,10 @@ the ``edgepack-bench-result*.json`` attachment named in the export's ``manifest.
 against ``ios_harness/result.schema.json`` -> :func:`parse_document` -> :class:`BenchResult`.
 
 The harness measures every compute-unit setting in one test run (``all``, ``cpuAndNeuralEngine``,
-``cpuOnly``, plus ``cpuAndGPU`` when asked); the result is the one ``BenchConfig.accelerator`` names
-(:data:`COMPUTE_UNITS`, default ``all``), the others are summarised in ``env["other_compute_units"]``.
+``cpuOnly``, plus ``cpuAndGPU`` when asked); the result is the one ``BenchConfig.accelerator`` names (default
+``all``; an accelerator id maps to the ``coreml_compute_units`` of its ``[accelerators.<id>]`` in the target
+profile, looked up in the registry the runner is given), the others are summarised in
+``env["other_compute_units"]``.
 Statistics are computed here from the per-iteration latencies (:mod:`edgepack.device_bench.stats`).
 
 Xcode exists on macOS only: elsewhere :meth:`IosRunner.run` raises :class:`RunnerError` ("not measurable
@@ -37,6 +39,8 @@ from edgepack.device_bench.stats import detect_warmup, summarize
 from edgepack.errors import InputError, UnsupportedError
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import TensorSpec
+from edgepack.targets.registry import Registry
+from edgepack.targets.schema import TargetProfile
 
 HARNESS_DIR = Path(__file__).resolve().parents[3] / "ios_harness"
 """``ios_harness/`` of a source checkout (override with the ``harness`` option)."""
@@ -56,14 +60,9 @@ ENERGY_REASON = (
     "iOS gives tests no energy counter; measure with Instruments' Power Profiler (Xcode) on the device"
 )
 
-COMPUTE_UNITS: dict[str, str] = {
-    "all": "all",
-    "ane": "cpuAndNeuralEngine",
-    "cpu": "cpuOnly",
-    "gpu": "cpuAndGPU",
-}
-"""``BenchConfig.accelerator`` (an accelerator id of the Apple profiles, or ``all``) -> MLComputeUnits."""
 DEFAULT_ACCELERATOR = "all"
+"""``BenchConfig.accelerator`` that lets Core ML choose (``MLComputeUnits.all``); any other value is an
+accelerator id of the profile."""
 DEFAULT_COMPUTE_UNITS = ("all", "cpuAndNeuralEngine", "cpuOnly")
 
 _UDID = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{7,63}")
@@ -102,21 +101,24 @@ def validate_document(document: Any, schema: Mapping[str, Any] | None = None) ->
         raise RunnerError(f"iOS bench result does not follow {SCHEMA_FILE}: {where}: {error.message[:300]}")
 
 
-def compute_units_for(target_id: str, accelerator: str | None) -> str:
-    """MLComputeUnits name for ``accelerator``: ``all`` or one of the profile's accelerator ids."""
-    from edgepack.targets.registry import load_registry
-
+def compute_units_for(profile: TargetProfile, accelerator: str | None) -> str:
+    """MLComputeUnits name for ``accelerator``: ``all``, or the ``coreml_compute_units`` of one of
+    ``profile``'s accelerators."""
     name = accelerator or DEFAULT_ACCELERATOR
-    profile = load_registry().get(target_id)
-    if name != DEFAULT_ACCELERATOR and name not in profile.accelerators:
+    if name == DEFAULT_ACCELERATOR:
+        return "all"
+    acc = profile.accelerators.get(name)
+    if acc is None:
         known = ", ".join([DEFAULT_ACCELERATOR, *sorted(profile.accelerators)])
         raise InputError(
-            f"accelerator '{name}' is not one of {target_id}'s accelerators", hint=f"choose one of: {known}"
+            f"accelerator '{name}' is not one of {profile.id}'s accelerators", hint=f"choose one of: {known}"
         )
-    units = COMPUTE_UNITS.get(name)
-    if units is None:
-        raise UnsupportedError(f"accelerator '{name}' of {target_id}: no Core ML compute-unit setting is known for it")
-    return units
+    if acc.coreml_compute_units is None:
+        raise UnsupportedError(
+            f"accelerator '{name}' of {profile.id}: its profile names no Core ML compute units "
+            f"([accelerators.{name}] coreml_compute_units)"
+        )
+    return acc.coreml_compute_units
 
 
 def harness_config(config: BenchConfig, units: str) -> dict[str, Any]:
@@ -335,21 +337,26 @@ class IosRunner(Runner):
     """Benchmarks ``.mlpackage`` artifacts on an Apple device through ``ios_harness`` (macOS + Xcode)."""
 
     feeds_input_specs = False  # the device tool feeds the artifact's own input shapes
+    uses_profiles = True
 
     scheme = "ios"
+    formats = ("mlpackage",)
     option_names = ("team", "harness")
 
-    def __init__(self, commands: XcodeCommands, *, harness: Path = HARNESS_DIR) -> None:
+    def __init__(self, commands: XcodeCommands, *, registry: Registry, harness: Path = HARNESS_DIR) -> None:
         self.commands = commands
+        self.registry = registry
         self.harness = harness
 
     @classmethod
-    def from_uri(cls, uri: str, options: Mapping[str, str]) -> "IosRunner":
+    def from_uri(cls, uri: str, options: Mapping[str, str], *, registry: Registry | None = None) -> "IosRunner":
+        if registry is None:
+            raise TypeError("IosRunner.from_uri needs the target registry (runner_for_uri passes it)")
         scheme, udid, _ = split_uri(uri)
         if scheme != "ios" or not udid:
             raise InputError(f"runner '{uri}': expected ios://UDID (from 'xcrun xctrace list devices')")
         harness = Path(options["harness"]).expanduser() if "harness" in options else HARNESS_DIR
-        return cls(XcodeCommands(udid.rstrip("/"), options.get("team")), harness=harness)
+        return cls(XcodeCommands(udid.rstrip("/"), options.get("team")), registry=registry, harness=harness)
 
     @property
     def uri(self) -> str:
@@ -370,11 +377,8 @@ class IosRunner(Runner):
     def run(
         self, artifact: Artifact, config: BenchConfig, *, inputs: Sequence[TensorSpec] | None = None
     ) -> BenchResult:
-        if artifact.format != "mlpackage":
-            raise UnsupportedError(
-                f"{artifact.target_id}: the ios runner runs .mlpackage artifacts, not {artifact.format}"
-            )
-        units = compute_units_for(artifact.target_id, config.accelerator)
+        self.check_format(artifact)
+        units = compute_units_for(self.registry.get(artifact.target_id), config.accelerator)
         missing = [tool for tool in ("xcrun", "xcodebuild") if shutil.which(tool) is None]
         if missing:
             raise RunnerError(f"{self.uri}: {NOT_MEASURABLE}; {' and '.join(missing)} not found")

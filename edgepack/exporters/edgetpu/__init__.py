@@ -1,0 +1,1 @@
+"""Coral Edge TPU: full-integer TFLite plus the Edge TPU compile step."""

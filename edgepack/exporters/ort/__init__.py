@@ -1,0 +1,1 @@
+"""ONNX Runtime (CPU): exporter, host predictor and quantizer adapter."""
