@@ -166,7 +166,11 @@ class Packaging:
     snippet: tuple[str, str] | None = None
     """``(path under snippets/, template)`` of the bundle's minimal load-and-run snippet for this format."""
     python_runtime: str | None = None
-    """Key of the runtime in the generated Python runner (``python`` platform)."""
+    """Key of the runtime in the generated Python runner (``python`` platform). The exporter's templates hold
+    ``python/open_<key>.py.j2`` (the runner's ``_open_<key>`` method: ``(path, threads) -> (run, contract JSON)``)
+    and ``snippets/python/run_<key>.py.j2`` (the bundle snippet's ``run`` function)."""
+    python_module: str | None = None
+    """The module the generated Python runner imports for :attr:`python_runtime` (whether it is installed)."""
     simulate_quantization: bool = False
     """The Python runner runs the graph with optimisations off, so Q/DQ pairs execute as simulated quantization
     (what the device runtime computes), not the host runtime's own int8 kernels."""

@@ -303,13 +303,14 @@ def build_python(bundle: Bundle, target: str | None) -> Deliverable:
                                 "channel_axis": view.channel_axis}
     outputs = {s["name"]: {"shape": list(s["shape"]), "dtype": s.get("dtype", "float32")} for s in source.get("outputs", ())}
     targets: dict[str, Any] = {}
-    rows, requirements = [], set()
+    rows, requirements, modules = [], set(), {}
     out = Deliverable(target_ids)
     for target_id in target_ids:
         entry = bundle.entry(target_id)
         artifact = entry["artifact"]
         facts = _packaging(artifact, "python")
         runtime, distribution = facts.python_runtime, facts.distribution
+        modules[runtime] = facts.python_module
         version = (entry.get("toolchain") or {}).get(distribution)
         requirement = f"{distribution}=={version}" if version else distribution
         requirements.add(requirement)
@@ -340,7 +341,7 @@ def build_python(bundle: Bundle, target: str | None) -> Deliverable:
         "runtimes": sorted({c["runtime"] for c in targets.values()}), "targets": rows,
         "inputs_literal": _literal(inputs), "outputs_literal": _literal(outputs), "targets_literal": _literal(targets, keep_order=True),
         "labels_literal": _literal(bundle.manifest.get("labels")), "requirements": sorted(requirements),
-        "version_env": VERSION_ENV,
+        "version_env": VERSION_ENV, "runtime_modules_literal": _literal(dict(sorted(modules.items()))),
     }
     out.text[f"{names['module']}.py"] = render("python/runner.py.j2", **values)
     out.text["requirements.txt"] = render("python/requirements.txt.j2", **values)

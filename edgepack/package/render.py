@@ -50,7 +50,7 @@ def render_snippets(manifest: Mapping[str, Any]) -> dict[str, str]:
     no target produced an ``mlpackage``) is left out. Pure function of ``manifest`` (the ``files`` table
     is not needed), so the bundle writer can call it before hashing.
     """
-    from edgepack.exporters.registry import snippets
+    from edgepack.exporters.registry import packaging, snippets
     from edgepack.package import context
 
     out: dict[str, str] = {}
@@ -63,7 +63,9 @@ def render_snippets(manifest: Mapping[str, Any]) -> dict[str, str]:
         for target_id in targets:
             entry = manifest["targets"][target_id]
             inputs, outputs = context.tensors(entry["artifact"])
+            python = packaging(entry["artifact"]["format"], "python")
             entries.append({"id": target_id, "entry": entry, "artifact": entry["artifact"],
-                            "inputs": inputs, "outputs": outputs})
+                            "inputs": inputs, "outputs": outputs,
+                            "python_runtime": python.python_runtime if python is not None else None})
         out[path] = render(template, names=names, targets=entries, source=manifest.get("source") or {})
     return out

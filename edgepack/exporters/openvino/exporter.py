@@ -34,7 +34,8 @@ class OpenVinoExporter(OnnxHubExporter):
         bench=BenchAdapter("openvino", "openvino", bench_predictor),
         keeps_scopes_float=True,  # NNCF's ignored scope takes node-name patterns
         packaging=(Packaging("openvino-ir", "python", distribution="openvino", python_runtime="openvino",
-                             snippet=("python/run.py", "snippets/run.py.j2")),),
+                             python_module="openvino", snippet=("python/run.py", "snippets/run.py.j2")),),
+        templates=Path(__file__).with_name("templates"),
     )
     distributions = ("openvino", "nncf", "onnx", "torch")
     precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")

@@ -55,7 +55,8 @@ class OrtExporter(OnnxHubExporter):
         bench=BenchAdapter("onnxruntime", "onnxruntime", bench_predictor),
         keeps_scopes_float=True,  # nodes_to_exclude takes node-name prefixes
         packaging=(Packaging("onnx", "python", distribution="onnxruntime", python_runtime="onnxruntime",
-                             snippet=("python/run.py", "snippets/run.py.j2")),),
+                             python_module="onnxruntime", snippet=("python/run.py", "snippets/run.py.j2")),),
+        templates=Path(__file__).with_name("templates"),
     )
     distributions = ("onnxruntime", "onnx", "torch")
     precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int4-weight")

@@ -156,7 +156,7 @@ class TensorRtExporter(Exporter):
         # An int8 (QDQ) artifact is placed on the float hub graph it was quantized from, not read itself.
         graph_formats=frozenset({"onnx"}),
         packaging=(Packaging("onnx-qdq", "python", distribution="onnxruntime", python_runtime="onnxruntime",
-                             simulate_quantization=True, snippet=("python/run.py", "snippets/run.py.j2")),),
+                             python_module="onnxruntime", simulate_quantization=True, snippet=("python/run.py", "snippets/run.py.j2")),),
         device_build_script=BUILD_SCRIPT,
         keeps_scopes_float=True,  # explicit QDQ through ORT's quantizer: nodes_to_exclude takes prefixes
     )

@@ -148,7 +148,7 @@ class TfliteExporter(Exporter):
             Packaging("tflite", "android", distribution="ai-edge-litert", snippet=("kotlin/Run.kt", "snippets/run.kt.j2"),
                       app_library="com.google.ai.edge.litert:litert"),
             Packaging("tflite", "python", distribution="ai-edge-litert", python_runtime="litert",
-                      snippet=("python/run.py", "snippets/run.py.j2")),
+                      python_module="ai_edge_litert", snippet=("python/run.py", "snippets/run.py.j2")),
         ),
         templates=Path(__file__).with_name("templates"),
     )
