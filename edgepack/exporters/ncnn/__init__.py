@@ -1,0 +1,1 @@
+"""NCNN (Tencent): pnnx conversion to ``.param`` + ``.bin``, ncnn-format int8 calibration, host predictor."""
