@@ -132,3 +132,17 @@ def test_every_packaged_snippet_template_resolves() -> None:
         assert formats, path
         environment().get_template(template)
 
+
+def test_every_python_packaging_brings_its_runner_fragments() -> None:
+    # The generated Python runner and snippet include python/open_<key>.py.j2 and snippets/python/run_<key>.py.j2
+    # for each packaged runtime: a runtime that packages for python must ship both and name its module.
+    from edgepack.package.render import environment
+
+    for runtime, cls in registry.exporter_classes().items():
+        for facts in cls.capabilities.packaging:
+            if facts.platform != "python":
+                continue
+            assert facts.python_runtime and facts.python_module and facts.distribution, (runtime, facts)
+            environment().get_template(f"python/open_{facts.python_runtime}.py.j2")
+            environment().get_template(f"snippets/python/run_{facts.python_runtime}.py.j2")
+
