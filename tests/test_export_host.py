@@ -80,9 +80,12 @@ def test_mobilenet_v3_small_to_host_runtimes(tmp_path):
     assert result.ok, {r.profile.id: r.error for r in result.results}
     for target in HOST_TARGETS:
         entry = result.manifest["targets"][target]
-        # Random-init mobilenet_v3 outputs are near-constant: judge parity by relative error, not top-1.
-        bound = 1e-3 if entry["artifact"]["precision"] == "fp32" else 2e-2
-        assert entry["parity"]["passed"] and entry["parity"]["max_rel_error"] < bound, target
+        # Random-init mobilenet_v3 outputs are near-constant: judge parity by relative error, not top-1. Without
+        # --calib, int8 now calibrates on synthetic photos and may ship: it is held to its recipe's own tolerance.
+        precision = entry["artifact"]["precision"]
+        bound = {"fp32": 1e-3, "fp16": 2e-2}.get(precision, entry["parity"]["tolerance"]["max_rel_error"])
+        assert entry["parity"]["passed"], (target, entry["parity"])
+        assert bound is None or entry["parity"]["max_rel_error"] <= bound, (target, entry["parity"])
         assert entry["gate"]["kind"] == "fidelity"
     tflite_input = result.manifest["targets"]["android-pixel8"]["artifact"]["inputs"][0]
     assert tflite_input["layout"] == "NHWC" and tflite_input["shape"] == [1, 224, 224, 3]
