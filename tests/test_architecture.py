@@ -146,3 +146,29 @@ def test_every_python_packaging_brings_its_runner_fragments() -> None:
             environment().get_template(f"python/open_{facts.python_runtime}.py.j2")
             environment().get_template(f"snippets/python/run_{facts.python_runtime}.py.j2")
 
+
+
+def test_no_two_template_folders_ship_the_same_template(tmp_path: Path) -> None:
+    # Jinja's FileSystemLoader serves the first folder's file, so a clash would package one runtime's code for
+    # another depending on plug-in order (it did: ExecuTorch's gradle file shadowed LiteRT's).
+    from edgepack.package.render import TEMPLATES, template_clashes
+
+    assert template_clashes([TEMPLATES, *registry.template_dirs()]) == {}
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        (folder / "android").mkdir(parents=True)
+        (folder / "android" / "Runner.kt.j2").write_text("x")
+    assert template_clashes([a, b]) == {"android/Runner.kt.j2": [a, b]}
+
+
+def test_every_app_packaging_ships_its_wrapper_templates() -> None:
+    from edgepack.package.render import environment
+
+    wrappers = {"android": ("Runner.kt.j2", "dependencies.gradle.kts.j2", "README.md.j2")}
+    for runtime, cls in registry.exporter_classes().items():
+        for facts in cls.capabilities.packaging:
+            if facts.platform not in wrappers:
+                continue
+            assert facts.app_templates and facts.app_library and facts.distribution, (runtime, facts)
+            for name in wrappers[facts.platform]:
+                environment().get_template(f"{facts.app_templates}/{name}")

@@ -176,6 +176,9 @@ class Packaging:
     (what the device runtime computes), not the host runtime's own int8 kernels."""
     app_library: str | None = None
     """The runtime's app dependency (Maven ``group:name``), versioned with ``distribution``'s recorded version."""
+    app_templates: str | None = None
+    """Template folder of the app wrapper for :attr:`platform` (``android``: ``Runner.kt.j2``,
+    ``dependencies.gradle.kts.j2`` and ``README.md.j2`` in it), in the exporter's :attr:`Capabilities.templates`."""
 
 
 @dataclass(frozen=True)

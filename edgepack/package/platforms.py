@@ -151,13 +151,17 @@ def _delegate_choice(entry: Mapping[str, Any], target_id: str) -> tuple[Any, str
 
 
 def build_android(bundle: Bundle, target: str | None) -> Deliverable:
+    """An Android module: the runtime's Kotlin runner and README (the templates the exporter's
+    :attr:`~edgepack.exporters.base.Packaging.app_templates` names), its Gradle dependency pinned to the version
+    the bundle records, and the artifact and labels as assets."""
     target_id = choose_targets(bundle, PLATFORMS["android"], target)[0]
     values = _common(bundle, target_id)
     entry = values["entry"]
     facts = _packaging(values["artifact"], "android")
     version = (entry.get("toolchain") or {}).get(facts.distribution)
     if not version:
-        raise BundleError(f"{bundle.root}: target '{target_id}' records no {facts.distribution} version to pin LiteRT to")
+        raise BundleError(f"{bundle.root}: target '{target_id}' records no {facts.distribution} version to pin "
+                          f"{facts.app_library} to")
     for spec in values["inputs"]:
         if spec.dtype == "float16" and spec.has_preprocess:
             raise UnsupportedError(f"target '{target_id}': input '{spec.name}' is float16 with preprocessing; the "
@@ -170,17 +174,19 @@ def build_android(bundle: Bundle, target: str | None) -> Deliverable:
         delegate=delegate,
         cpu_reason=cpu_reason,
         asset_dir=asset_dir,
+        model_asset=f"{asset_dir}/{PurePosixPath(entry['artifact']['path']).name}",
         signature=(entry["artifact"].get("settings") or {}).get("signature"),
         gradle=gradle,
-        litert_source=f"{facts.distribution} {version}",
-        litert_version=version,
+        runtime_source=f"{facts.distribution} {version}",
+        runtime_version=version,
         accelerator_line=(f"{delegate.name} delegate, CPU (XNNPACK) fallback" if delegate else f"CPU (XNNPACK). {cpu_reason}"),
     )
+    templates = facts.app_templates or "android"
     kotlin_dir = "src/main/kotlin/" + names["kotlin_package"].replace(".", "/")
     out = Deliverable([target_id])
-    out.text[f"{kotlin_dir}/{names['runner_class']}.kt"] = render("android/Runner.kt.j2", **values)
-    out.text["dependencies.gradle.kts"] = render("android/dependencies.gradle.kts.j2", **values)
-    out.text["README.md"] = render("android/README.md.j2", **values)
+    out.text[f"{kotlin_dir}/{names['runner_class']}.kt"] = render(f"{templates}/Runner.kt.j2", **values)
+    out.text["dependencies.gradle.kts"] = render(f"{templates}/dependencies.gradle.kts.j2", **values)
+    out.text["README.md"] = render(f"{templates}/README.md.j2", **values)
     labels = _labels(bundle)
     if labels:
         out.text[f"src/main/assets/{asset_dir}/labels.txt"] = labels

@@ -22,8 +22,13 @@ def environment() -> Any:
 
     from edgepack.exporters.registry import template_dirs
 
+    folders = [TEMPLATES, *template_dirs()]
+    clashes = template_clashes(folders)
+    if clashes:  # the loader would silently serve the first folder's file
+        raise RuntimeError("templates shipped by more than one folder: " + "; ".join(
+            f"{name} ({', '.join(str(f) for f in where)})" for name, where in sorted(clashes.items())))
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(TEMPLATES), *(str(folder) for folder in template_dirs())]),
+        loader=jinja2.FileSystemLoader([str(folder) for folder in folders]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -36,6 +41,15 @@ def environment() -> Any:
     env.filters["upper_ident"] = context.upper
     env.filters["pyrepr"] = repr
     return env
+
+
+def template_clashes(folders: list[Path]) -> dict[str, list[Path]]:
+    """``{relative template path: folders}`` for every path more than one of ``folders`` ships."""
+    where: dict[str, list[Path]] = {}
+    for folder in folders:
+        for path in folder.rglob("*.j2"):
+            where.setdefault(path.relative_to(folder).as_posix(), []).append(folder)
+    return {name: found for name, found in where.items() if len(found) > 1}
 
 
 def render(template: str, **values: Any) -> str:

@@ -43,7 +43,9 @@ class ExecutorchExporter(Exporter):
         op_vocabulary="executorch",
         graph_formats=frozenset({"pte"}),
         bench=BenchAdapter("executorch.runtime", "executorch", bench_predictor),
-        packaging=(Packaging("pte", "python", distribution="executorch", python_runtime="executorch",
+        packaging=(Packaging("pte", "android", distribution="executorch", app_library="org.pytorch:executorch-android",
+                             app_templates="android/executorch"),
+                   Packaging("pte", "python", distribution="executorch", python_runtime="executorch",
                              python_module="executorch", snippet=("python/run.py", "snippets/run.py.j2")),),
         templates=Path(__file__).with_name("templates"),
     )

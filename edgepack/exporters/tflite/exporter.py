@@ -146,7 +146,7 @@ class TfliteExporter(Exporter):
         bench=BenchAdapter("ai_edge_litert.interpreter", "ai-edge-litert", bench_predictor),
         packaging=(
             Packaging("tflite", "android", distribution="ai-edge-litert", snippet=("kotlin/Run.kt", "snippets/run.kt.j2"),
-                      app_library="com.google.ai.edge.litert:litert"),
+                      app_library="com.google.ai.edge.litert:litert", app_templates="android/litert"),
             Packaging("tflite", "python", distribution="ai-edge-litert", python_runtime="litert",
                       python_module="ai_edge_litert", snippet=("python/run.py", "snippets/run.py.j2")),
         ),
