@@ -39,7 +39,7 @@ from edgepack.models.input_spec import parse_input_spec
 from edgepack.models.labels import read_labels, with_labels
 from edgepack.models.loaders import load_source
 from edgepack.models.reference import reference_predictor
-from edgepack.models.sample import example_dataset_arrays
+from edgepack.models.synthetic import domain_dataset_arrays
 from edgepack.models.synthetic import synthetic_calibration
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.postprocess import POSTPROCESS_KEY, apply_postprocess, parse_postprocess
@@ -136,7 +136,7 @@ def _evaluation(
     elif calib is not None and len(calib) >= 8:
         parity = calib.take(slice(len(calib) - min(PARITY_SAMPLES, len(calib) // 4), None))
     else:
-        parity = Dataset(example_dataset_arrays(source.inputs, SYNTHETIC_SAMPLES, seed=1), None, SYNTHETIC_ORIGIN)
+        parity = Dataset(domain_dataset_arrays(source.inputs, SYNTHETIC_SAMPLES, seed=1), None, SYNTHETIC_ORIGIN)
     gate_data = eval_data if eval_data is not None else _fidelity_set(source, calib, fidelity_samples(max_drop))
     name, function = scorer if scorer is not None else ("", None)
     gate = Gate(gate_data, source.outputs[0].name, max_drop, latency_tolerance=max_slowdown, metric=metric,
@@ -148,12 +148,12 @@ def _fidelity_set(source: ModelSource, calib: Dataset | None, count: int) -> Dat
     """``count`` unlabelled inputs for the fidelity gate: the last ``count`` calibration samples (real inputs;
     the quantizers calibrate on the first ones), topped up with synthetic inputs when there are fewer."""
     if calib is None or len(calib) == 0:
-        return Dataset(example_dataset_arrays(source.inputs, count, seed=FIDELITY_SEED), None, SYNTHETIC_ORIGIN)
+        return Dataset(domain_dataset_arrays(source.inputs, count, seed=FIDELITY_SEED), None, SYNTHETIC_ORIGIN)
     real = calib.take(slice(max(0, len(calib) - count), None))
     missing = count - len(real)
     if missing <= 0:
         return Dataset(real.inputs, None, calib.origin)
-    extra = example_dataset_arrays(source.inputs, missing, seed=FIDELITY_SEED)
+    extra = domain_dataset_arrays(source.inputs, missing, seed=FIDELITY_SEED)
     if any(extra[k].shape[1:] != v.shape[1:] for k, v in real.inputs.items() if k in extra) or set(extra) != set(real.inputs):
         return Dataset(real.inputs, None, calib.origin)  # symbolic dims: synthetic samples would not stack
     # samples stay on axis 0 in a Dataset whatever each input's own batch axis (concatenate keeps the axes)
@@ -654,14 +654,6 @@ def check(
         return placement_for(profile, None, artifact.path, artifact.format, hub)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def search(source: str | ModelSource, target: str, **options: Any) -> Any:
-    """Hardware-in-the-loop recipe search (measured accuracy x latency x size Pareto front); see
-    :func:`edgepack.search.engine.search` for the options."""
-    from edgepack.search.engine import search as run_search
-
-    return run_search(source, target, **options)
 
 
 def verify(bundle: str | Path, *, public_key: str | Path | None = None) -> VerifyResult:

@@ -7,7 +7,6 @@ does not verify); a run where some target failed exits 1.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,11 +17,9 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from edgepack import signals
-from edgepack._native_stderr import filtered_native_stderr
-from edgepack.errors import EdgepackError, InputError, Terminated
+from edgepack.cli_support import (CONTEXT, VERBOSE, canonical_ids, make_console, error_record, go_offline, print_envelope, split_targets, user_errors)
+from edgepack.errors import InputError
 
-CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="edgepack",
@@ -80,10 +77,6 @@ def _plain_metavars() -> None:
 _plain_metavars()
 
 
-_VERBOSE = False
-"""``edgepack -v``: native toolchain chatter is forwarded too (:mod:`edgepack._native_stderr`)."""
-
-
 def _quiet_toolchains() -> None:
     """Silence the toolchains' start-up chatter (TensorFlow/absl INFO lines, coremltools' version warnings,
     scikit-learn warnings) in this process; environment variables reach the converter subprocesses too.
@@ -109,7 +102,7 @@ def _quiet_toolchains() -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from edgepack import __version__
+        from edgepack.version import __version__
 
         print(f"edgepack {__version__}")
         raise typer.Exit(0)
@@ -123,102 +116,8 @@ def _root(
                                           "log lines (hidden by default).")] = False,
 ) -> None:
     """Compress, export, verify and bundle one trained model for many edge targets."""
-    global _VERBOSE
-    _VERBOSE = verbose
+    VERBOSE.on = verbose
     _quiet_toolchains()
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
-
-
-@contextmanager
-def _warnings_to_stderr() -> Iterator[None]:
-    """edgepack's own warnings (e.g. an evicted cache entry) as ``edgepack: warning: ...`` lines on stderr,
-    for the duration of one command: the handler is removed (and propagation restored) when it ends, so a
-    process that runs several commands (tests, notebooks) never writes to a stream an earlier one closed."""
-    import logging
-
-    logger = logging.getLogger("edgepack")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("edgepack: warning: %(message)s"))
-    handler.setLevel(logging.WARNING)
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-
-
-def _error_record(kind: str, message: str, exit_code: int, hint: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"type": kind, "message": message, "hint": hint, "exit_code": exit_code, **extra}
-
-
-@contextmanager
-def _user_errors(json_command: str | None = None) -> Iterator[None]:
-    """One line on stderr and the error's exit code for every expected failure; SIGINT/SIGTERM unwind
-    (removing staged files) and exit 130/143, even where a toolchain swallowed them
-    (:func:`edgepack.signals.listen`). With ``json_command`` (``--json``) the failure is also printed as
-    the JSON envelope on stdout, with the same exit code."""
-    with _warnings_to_stderr(), filtered_native_stderr(verbose=_VERBOSE), signals.listen():
-        try:
-            yield
-        except EdgepackError as exc:
-            message = " ".join(str(exc).split())
-            print(f"edgepack: error: {message}", file=sys.stderr)
-            if json_command:
-                _print_envelope(json_command, None, ok=False, errors=[_error_record(
-                    type(exc).__name__, " ".join(exc.message.split()), exc.exit_code, exc.hint)])
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            print("edgepack: interrupted", file=sys.stderr)
-            if json_command:
-                _print_envelope(json_command, None, ok=False, errors=[_error_record("Interrupted", "interrupted", 130)])
-            raise typer.Exit(130) from None
-        except Terminated as exc:
-            print("edgepack: terminated", file=sys.stderr)
-            if json_command:
-                _print_envelope(json_command, None, ok=False,
-                                errors=[_error_record("Terminated", "terminated", 128 + exc.signum)])
-            raise typer.Exit(128 + exc.signum) from None
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _print_envelope(command: str, result: Any, *, ok: bool = True, errors: list[dict[str, Any]] | None = None) -> None:
-    """The one ``--json`` shape of every command: ``{"ok", "command", "result", "errors"}``."""
-    _print_json({"ok": ok, "command": command, "result": result, "errors": list(errors or [])})
-
-
-def _go_offline(flag: bool) -> None:
-    """``--offline``: nothing this process runs may download (read by :mod:`edgepack.models.pretrained`)."""
-    import os
-
-    if flag:
-        os.environ["EDGEPACK_OFFLINE"] = "1"
-
-
-def _split_targets(values: Optional[list[str]] | str | None) -> list[str]:
-    """``--target a,b --target c`` -> ``[a, b, c]`` (empty items dropped)."""
-    if values is None:
-        return []
-    items = [values] if isinstance(values, str) else values
-    return [part.strip() for item in items for part in item.split(",") if part.strip()]
-
-
-def _one_target(values: Optional[list[str]] | str | None, command: str) -> str | None:
-    targets = _split_targets(values)
-    if len(targets) > 1:
-        raise InputError(f"'{command}' takes one --target, got {len(targets)}: {', '.join(targets)}",
-                         hint="run it once per target")
-    return targets[0] if targets else None
 
 
 def _fits(console: Any, renderable: Any) -> bool:
@@ -263,10 +162,10 @@ def targets_list(
     """List every target profile."""
     from edgepack.targets.registry import load_registry
 
-    with _user_errors("targets list" if as_json else None):
+    with user_errors("targets list" if as_json else None):
         registry = load_registry()
     if as_json:
-        _print_envelope("targets list", [_profile_row(p) for p in registry])
+        print_envelope("targets list", [_profile_row(p) for p in registry])
         return
     if markdown:
         from edgepack.exporters.registry import available_runtimes
@@ -281,7 +180,7 @@ def targets_list(
         row = _profile_row(profile)
         rows.append([escape(row["id"]), escape(row["name"]), row["runtime"], row["format"],
                      ", ".join(row["accelerators"]), ", ".join(row["precisions"]), " → ".join(row["recipes"])])
-    _print_rows(_console(), f"{len(registry)} targets",
+    _print_rows(make_console(), f"{len(registry)} targets",
                 ["id", "name", "runtime", "format", "accelerators", "precisions", "recipes"], rows)
 
 
@@ -305,13 +204,13 @@ def targets_show(
     """Show one target profile in full."""
     from edgepack.targets.registry import load_registry
 
-    with _user_errors("targets show" if as_json else None):
+    with user_errors("targets show" if as_json else None):
         profile = load_registry().get(target_id)
     data = profile.model_dump(mode="json", exclude_none=True)
     if as_json:
-        _print_envelope("targets show", data)
+        print_envelope("targets show", data)
         return
-    console = _console()
+    console = make_console()
     console.print(f"[bold]{profile.id}[/bold] — {profile.name}")
     console.print(f"runtime {profile.runtime} · format {profile.format} · memory {profile.memory_mb} MB · "
                   f"dynamic shapes {'yes' if profile.dynamic_shapes else 'no'} · layout {profile.input_layout}")
@@ -343,18 +242,18 @@ def targets_check(
     from edgepack import api
 
     reports: dict[str, Any] = {}
-    with _user_errors("targets check" if as_json else None):
-        targets = _split_targets(target)
+    with user_errors("targets check" if as_json else None):
+        targets = split_targets(target)
         if not targets:
             raise InputError("no --target given", hint="run 'edgepack targets list'")
         for one in targets:
-            _go_offline(offline)
+            go_offline(offline)
             report = api.check(source, one, weights=weights, random_weights=random_weights, inputs=inputs or ())
             reports[one] = None if report is None else report.to_dict()
     if as_json:
-        _print_envelope("targets check", reports[targets[0]] if len(targets) == 1 else reports)
+        print_envelope("targets check", reports[targets[0]] if len(targets) == 1 else reports)
         return
-    console = _console()
+    console = make_console()
     for one, data in reports.items():
         if data is None:
             console.print(f"{one}: no accelerator with an op table; every op runs on the CPU")
@@ -434,18 +333,8 @@ def _progress(enabled: bool, targets: list[str] | None = None) -> Iterator[Calla
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
-                  console=_console(stderr=True), transient=True) as live:
+                  console=make_console(stderr=True), transient=True) as live:
         yield _Reporter(list(targets or []), live)
-
-
-def _canonical(registry: Any, targets: list[str]) -> list[str]:
-    ids = []
-    for target in targets:
-        try:
-            ids.append(registry.get(target).id)
-        except EdgepackError:
-            ids.append(target)
-    return ids
 
 
 def _attempt_lines(entry_id: str, entry: dict[str, Any], cached: bool) -> list[str]:
@@ -508,11 +397,11 @@ def export(
     from edgepack import api
     from edgepack.targets.registry import load_registry
 
-    targets = _split_targets(target)
-    with _user_errors("export" if as_json else None):
-        _go_offline(offline)
+    targets = split_targets(target)
+    with user_errors("export" if as_json else None):
+        go_offline(offline)
         registry = load_registry(extra=profile or ())
-        with _progress(not as_json or not sys.stderr.isatty(), _canonical(registry, targets)) as progress:
+        with _progress(not as_json or not sys.stderr.isatty(), canonical_ids(registry, targets)) as progress:
             result = api.export(source, targets, calib=calib, eval_data=eval_data, metric=metric, max_drop=max_drop, max_slowdown=max_slowdown, out=out,
                                 name=name, weights=weights, random_weights=random_weights, inputs=inputs or (), recipe_chain=recipe or (), sign_key=sign_key,
                                 bake_preprocess=bake_preprocess, labels=labels, postprocess=postprocess, iou=iou, conf=conf, max_det=max_det, cache=not no_cache, archive=archive, fail_on_fallback=fail_on_fallback, bench=bench, registry=registry,
@@ -524,9 +413,9 @@ def export(
                         progress.say(line)
                 progress.say(f"done in {time.monotonic() - progress.started:.1f} s")
     if as_json:
-        errors = [_error_record("TargetFailed", f"{tid}: {entry.get('error') or entry['status']}", 1, target=tid)
+        errors = [error_record("TargetFailed", f"{tid}: {entry.get('error') or entry['status']}", 1, target=tid)
                   for tid, entry in result.manifest["targets"].items() if entry["status"] != "ok"]
-        _print_envelope("export", {"bundle": str(result.bundle), "ok": result.ok, "published": result.published,
+        print_envelope("export", {"bundle": str(result.bundle), "ok": result.ok, "published": result.published,
                                    "cached": result.cached, "timings": result.timings, "manifest": result.manifest},
                         ok=result.ok, errors=errors)
     else:
@@ -609,7 +498,7 @@ def _print_export_summary(result: Any) -> None:
         rows.append([escape(entry_id), artifact.get("precision", "-"), _human_bytes(artifact["bytes"]) if artifact else "-",
                      parity_text, escape(_gate_text(entry["gate"])), escape(_placement_text(entry.get("placement"))),
                      *latency, status])
-    _print_rows(_console(), escape(title), columns, rows)
+    _print_rows(make_console(), escape(title), columns, rows)
 
 
 @app.command()
@@ -622,10 +511,10 @@ def verify(
     the first mismatch (tampered), 2 when BUNDLE is not a bundle."""
     from edgepack import api
 
-    with _user_errors("verify" if as_json else None):
+    with user_errors("verify" if as_json else None):
         result = api.verify(bundle, public_key=pub)
     if as_json:
-        _print_envelope("verify", result.to_dict())
+        print_envelope("verify", result.to_dict())
         return
     signed = ", signature ok" if result.signed else ""
     print(f"{result.bundle}: ok ({result.files_checked} files{signed}, targets: {', '.join(result.targets) or '-'})")
@@ -636,7 +525,7 @@ def keygen(path: Annotated[Path, typer.Argument(metavar="PATH", help="Where to w
     """Create an Ed25519 key pair for signing bundles."""
     from edgepack.bundle.signing import generate_keypair
 
-    with _user_errors():
+    with user_errors():
         private, public = generate_keypair(path)
     print(f"private key: {private} (keep it secret)\npublic key:  {public}")
 
@@ -680,13 +569,13 @@ def bench(
     from edgepack.device_bench.bench import bench_bundle
     from edgepack.device_bench.config import BenchConfig
 
-    targets = _split_targets(target)
-    with _user_errors("bench" if as_json else None):
+    targets = split_targets(target)
+    with user_errors("bench" if as_json else None):
         from edgepack.targets.registry import load_registry
 
         registry = load_registry()
         if targets:
-            targets = _canonical(registry, targets)
+            targets = canonical_ids(registry, targets)
         with _progress(not as_json or not sys.stderr.isatty(), targets) as progress:
             config = BenchConfig(min_iters=iterations, min_seconds=seconds, threads=threads, accelerator=accelerator,
                                  batch=batch)
@@ -699,7 +588,7 @@ def bench(
 
                 record_bench_results(db, bundle, results, device=device)
     if as_json:
-        _print_envelope("bench", [_bench_summary(r, raw) for r in results])
+        print_envelope("bench", [_bench_summary(r, raw) for r in results])
         return
     from rich.markup import escape
 
@@ -713,7 +602,7 @@ def bench(
         p99 = f"{r.p99:.3f} ({r.ci95_p99[0]:.3f}-{r.ci95_p99[1]:.3f})" if r.p99 is not None and r.ci95_p99 else "n/a"
         ips = _throughput(r)
         rows.append([escape(r.target), r.precision, p50, p90, p99, f"{ips:.1f}" if ips else "n/a", cold, memory, energy])
-    console = _console()
+    console = make_console()
     _print_rows(console, escape(f"{bundle} on {runner}"),
                 ["target", "precision", "p50 ms (95% CI)", "p90", "p99 (95% CI)", f"samples/s (batch {batch})",
                  "cold start", "peak MB", "energy"], rows)
@@ -733,8 +622,9 @@ def _register_subsystems() -> None:
     from edgepack.farm import cli as farm_cli
     from edgepack.package import cli as package_cli
     from edgepack.search import cli as search_cli
+    from edgepack.toolchains import cli as toolchains_cli
 
-    for module in (package_cli, farm_cli, search_cli):
+    for module in (package_cli, farm_cli, search_cli, toolchains_cli):
         module.register(app)
 
 

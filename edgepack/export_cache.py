@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgepack import __version__
+from edgepack.version import __version__
 from edgepack._faults import fault_point
 from edgepack._fs import fsync_dir, fsync_tree, make_temp_dir, remove_path, swap_into_place, sweep_stale
 from edgepack.bundle.hashing import canonical_json

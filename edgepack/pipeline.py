@@ -17,7 +17,8 @@ import numpy as np
 
 from edgepack._text import first_line
 from edgepack.compress.gate import Gate, GateResult, with_latency
-from edgepack.compress.passes import PassContext, apply_passes
+from edgepack.compress.catalog import apply_passes
+from edgepack.compress.passes import PassContext
 from edgepack.compress.quantize import QuantizationPlan
 from edgepack.compress.recipe import Recipe, RecipeBook
 from edgepack.compress.sensitivity import LayerSensitivity, exclusion_candidates, quantizable_layers, rank_layers
@@ -142,8 +143,7 @@ def _raise_if_fatal(exc: BaseException, target: str) -> None:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, EdgepackError):
         return str(exc)
-    text = first_line(exc)
-    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+    return first_line(exc, typed=True)
 
 
 class _Fp32Baseline:

@@ -83,8 +83,8 @@ def _cli(argv: Sequence[str]) -> None:
     RUNNERS[SCHEME] = TARGET
     exports = os.environ.get("EDGEPACK_TEST_FARM_EXPORTS")
     if exports:
-        cache = nightly.ExportCache
-        nightly.ExportCache = lambda root=None, *, reuse=False: cache(Path(exports), reuse=True)  # type: ignore[misc]
+        cache = nightly.FarmExports
+        nightly.FarmExports = lambda root=None, *, reuse=False: cache(Path(exports), reuse=True)  # type: ignore[misc]
     from edgepack.cli import main
 
     sys.argv = ["edgepack", *argv]

@@ -15,8 +15,6 @@ Not in the set, on purpose:
   ``"coremltools"``, ``"tensorflow"``, ``"absl"``): they choose nothing, and silencing an absent library is
   a no-op.
 
-Literals left in files other workers are changing are listed in :data:`KNOWN_PENDING` (file and literal, with
-why); an entry whose literal is gone fails too, so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -41,15 +39,11 @@ RUNTIME_LITERALS = frozenset({
     "ai-edge-litert", "ai_edge_litert", "ai_edge_litert.interpreter", "litert",
     # device build scripts
     "build_engine.sh", "compile_edgetpu.sh",
-})  # fmt: skip
+}) | {  # and whatever a plug-in runtime declares: its key, its formats, its op vocabulary
+    name for runtime, cls in registry.exporter_classes().items()
+    for name in (runtime, *cls.artifact_formats, cls.capabilities.op_vocabulary or "") if name not in ("", "onnx")
+}  # fmt: skip
 
-KNOWN_PENDING: dict[tuple[str, str], str] = {
-    # (path relative to edgepack/, literal): why it is still there. Remove the entry with the literal.
-    ("device_bench/runners/adb.py", "tflite"): "AdbRunner.formats: the adb runner drives LiteRT's benchmark_model; "
-    "owned by the accelerator-facts worker (runners/adb.py)",
-    ("device_bench/runners/ios.py", "mlpackage"): "IosRunner.formats: the iOS runner drives the XCTest harness on "
-    "a Core ML package; owned by the accelerator-facts worker (runners/ios.py)",
-}
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -84,14 +78,9 @@ def _runtime_literals() -> dict[tuple[str, str], list[int]]:
 def test_no_runtime_or_format_literal_outside_exporters() -> None:
     hits = _runtime_literals()
     offending = [f"edgepack/{path}:{line}: {value!r}" for (path, value), lines in sorted(hits.items())
-                 if (path, value) not in KNOWN_PENDING for line in sorted(set(lines))]
+                 for line in sorted(set(lines))]
     assert not offending, ("runtime/format literals outside edgepack/exporters/ (declare them in the exporter's "
                            "Capabilities and ask edgepack.exporters.registry):\n" + "\n".join(offending))
-
-
-def test_known_pending_entries_are_still_needed() -> None:
-    stale = sorted(key for key in KNOWN_PENDING if key not in _runtime_literals())
-    assert not stale, f"remove these KNOWN_PENDING entries, their literal is gone: {stale}"
 
 
 def test_the_scan_sees_literals_and_skips_docstrings(tmp_path: Path) -> None:
@@ -172,3 +161,83 @@ def test_every_app_packaging_ships_its_wrapper_templates() -> None:
             assert facts.app_templates and facts.app_library and facts.distribution, (runtime, facts)
             for name in wrappers[facts.platform]:
                 environment().get_template(f"{facts.app_templates}/{name}")
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The edgepack modules ``path`` imports anywhere in its body (function-level imports too, as import-linter and
+    grimp count them; ``if TYPE_CHECKING:`` blocks are skipped): ``from a.b import c`` is ``a.b.c`` when that is a
+    module, else ``a.b``."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m in modules and m != name}
+
+
+def _import_cycles(package_dir: Path) -> list[list[str]]:
+    """Strongly connected components (more than one module) of the package's import graph (Tarjan)."""
+    root = package_dir.parent
+    files = {_module_name(p, root): p for p in package_dir.rglob("*.py")}
+    graph = {name: _imported_modules(path, name, set(files)) for name, path in files.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return cycles
+
+
+def test_no_import_cycles() -> None:
+    assert _import_cycles(PACKAGE) == []
+
+
+def test_the_cycle_check_finds_a_function_level_cycle(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.b import thing\n")
+    (package / "b.py").write_text("def thing():\n    from pkg import a\n")
+    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
+    assert _import_cycles(package) == [["pkg.a", "pkg.b"]]

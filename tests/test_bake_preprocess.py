@@ -20,7 +20,7 @@ from edgepack.errors import InputError
 from edgepack.exporters.openvino.predictor import OpenVinoPredictor
 from edgepack.exporters.ort.predictor import OrtPredictor
 from edgepack.exporters.tflite.model_io import TflitePredictor
-from edgepack.models.bake import bake_preprocess, is_baked
+from edgepack.models.bake import bake_preprocess, is_baked, raw_pixels
 from edgepack.models.demo_digits import INPUT_NAME, PREPROCESS, load_demo_source
 from edgepack.models.loaders import load_source
 from edgepack.models.reference import reference_predictor
@@ -70,7 +70,7 @@ def test_baked_source_spec_and_data():
     assert spec.preprocess.scale == 1.0 and spec.preprocess.mean == (0.0,) and spec.preprocess.std == (1.0,)
     assert baked.sha256 != source.sha256 and baked.describe() != source.describe()
     raw, floats, _ = _raw_digits()
-    converted = Dataset({INPUT_NAME: floats}).to_raw_pixels(source.inputs).inputs[INPUT_NAME]
+    converted = raw_pixels(Dataset({INPUT_NAME: floats}), source.inputs).inputs[INPUT_NAME]
     np.testing.assert_array_equal(converted, raw)  # the inverse preprocessing is exact on real pixels
     assert baked.extra["eval"].inputs[INPUT_NAME].dtype == np.uint8
     expected = reference_predictor(source)({INPUT_NAME: floats})["logits"]

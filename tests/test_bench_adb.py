@@ -141,25 +141,8 @@ def test_delegate_flags_follow_the_profile() -> None:
     assert not delegate_for(pixel8, "gpu", "/q")[1].needs_lib_dir
 
 
-# A device the code has never heard of: one TOML with a made-up NPU and its external delegate.
-NEW_DEVICE = '''
-id = "acme-phone"
-extends = "android-pixel8"
-name = "Acme phone (Acme NPU)"
-
-[accelerators.acmenpu]
-kind = "npu"
-precisions = ["int8"]
-op_vocabulary = "tflite"
-ops = { CONV_2D = {}, ADD = {} }
-
-[accelerators.acmenpu.litert_delegate]
-benchmark_flags = ["--external_delegate_path={lib_dir}/libAcmeNpuDelegate.so", "--external_delegate_options=mode:fast"]
-reported_as = "EXTERNAL"
-kotlin_create = "AcmeNpuDelegate(AcmeNpuDelegate.Options().setMode(\\"fast\\"))"
-kotlin_imports = ["com.acme.npu.AcmeNpuDelegate"]
-maven = ["com.acme.npu:litert-acme-npu"]
-'''
+NEW_DEVICE = (Path(__file__).parent / "data" / "acme-phone.toml").read_text()
+"""A device the code has never heard of (shared with the other accelerator-facts tests)."""
 
 
 def _new_device(tmp_path: Path, text: str = NEW_DEVICE) -> Path:
@@ -189,14 +172,14 @@ def test_a_new_accelerator_is_one_toml(tmp_path: Path) -> None:
          ("accelerators.acmenpu.litert_delegate.benchmark_flags:", "the only placeholder is {lib_dir}")),
         (('mode:fast"]', 'mode:fast", "rm -rf /"]'),
          ("accelerators.acmenpu.litert_delegate.benchmark_flags:", "'rm -rf /' is not one '--name=value'")),
-        (('kotlin_create = "AcmeNpuDelegate(', 'kotlin_constructor = "AcmeNpuDelegate('),
+        (("kotlin_create = 'AcmeNpuDelegate(", "kotlin_constructor = 'AcmeNpuDelegate("),
          ("accelerators.acmenpu.litert_delegate.kotlin_constructor: unknown key",)),
         (('"com.acme.npu:litert-acme-npu"', '"com.acme.npu:litert-acme-npu:1.0"'),
          ("accelerators.acmenpu.litert_delegate:", "is not 'group:name' (the version is LiteRT's)")),
         (('"com.acme.npu.AcmeNpuDelegate"', '"AcmeNpuDelegate; import x"'),
          ("accelerators.acmenpu.litert_delegate:", "is not a fully qualified Kotlin name")),
         (('reported_as = "EXTERNAL"', ""), ("accelerators.acmenpu.litert_delegate.reported_as: Field required",)),
-        (('kind = "npu"', 'kind = "npu"\ncoreml_compute_units = "cpuAndNPU"'),
+        (('coreml_compute_units = "cpuAndNeuralEngine"', 'coreml_compute_units = "cpuAndNPU"'),
          ("accelerators.acmenpu.coreml_compute_units:", "'cpuAndNeuralEngine'")),
         (('kind = "npu"', 'kind = "npu"\ndelegate = "acme"'), ("accelerators.acmenpu.delegate: unknown key",)),
     ],
@@ -211,7 +194,7 @@ def test_unknown_or_bad_delegate_keys_are_refused(tmp_path: Path, patch: tuple[s
 
 
 def test_kotlin_facts_need_kotlin_create(tmp_path: Path) -> None:
-    text = NEW_DEVICE.replace('kotlin_create = "AcmeNpuDelegate(AcmeNpuDelegate.Options().setMode(\\"fast\\"))"\n', "")
+    text = NEW_DEVICE.replace("kotlin_create = 'AcmeNpuDelegate(AcmeNpuDelegate.Options().setMode(\"fast\"))'\n", "")
     assert text != NEW_DEVICE
     with pytest.raises(ProfileError, match="kotlin_imports and maven need kotlin_create"):
         load_registry(extra=[_new_device(tmp_path, text)])
@@ -577,4 +560,4 @@ def test_runner_takes_a_new_accelerator_from_the_registry_it_is_given(tmp_path: 
 def test_runner_needs_a_registry() -> None:
     with pytest.raises(TypeError, match="needs the target registry"):
         AdbRunner.from_uri("adb://emulator-5554", {})
-    assert AdbRunner.formats == ("tflite",)
+    assert AdbRunner.formats() == ("tflite",)

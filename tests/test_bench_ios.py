@@ -261,7 +261,7 @@ def test_a_new_apple_accelerator_is_one_toml(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedError, match=r"names no Core ML compute units \(\[accelerators\.dsp\] coreml_compute_units\)"):
         compute_units_for(tablet, "dsp")
     runner = runner_for_uri(URI, registry=registry)
-    assert isinstance(runner, IosRunner) and runner.registry is registry and IosRunner.formats == ("mlpackage",)
+    assert isinstance(runner, IosRunner) and runner.registry is registry and IosRunner.formats() == ("mlpackage",)
     (tmp_path / "acme-tablet.toml").write_text(NEW_APPLE_DEVICE.replace('"cpuAndNeuralEngine"', '"neuralEngineOnly"'))
     with pytest.raises(ProfileError, match=r"acme-tablet\.toml: accelerators\.npu2\.coreml_compute_units: "):
         load_registry(extra=[tmp_path / "acme-tablet.toml"])

@@ -104,7 +104,9 @@ def test_toolchain_noise_is_filtered_but_edgepack_warnings_stay(monkeypatch, cap
     assert not logging.getLogger("coremltools").isEnabledFor(logging.WARNING)
     logger = logging.getLogger("edgepack")
     handlers = list(logger.handlers)
-    with cli._warnings_to_stderr():
+    from edgepack.cli_support import warnings_to_stderr
+
+    with warnings_to_stderr():
         assert logger.isEnabledFor(logging.WARNING)
         logging.getLogger("edgepack.export_cache").warning("cache entry damaged; evicted")
     assert "edgepack: warning: cache entry damaged; evicted" in capsys.readouterr().err

@@ -265,11 +265,11 @@ def _program_ops(model):
 @pytest.mark.parametrize(("recipe", "kind"), [("palettize-6bit", "palettized"), ("int8", "activation_quantized")])
 def test_torchvision_mobilenet_v2_for_iphone(tmp_path, recipe, kind):
     from edgepack.models.input_spec import parse_input_spec
-    from edgepack.models.sample import example_dataset_arrays
+    from edgepack.models.synthetic import domain_dataset_arrays
 
     source = load_source("torchvision:mobilenet_v2", inputs=[parse_input_spec("input:batchx3x96x96")], random_weights=True)
     calib = tmp_path / "calib.npz"
-    np.savez(calib, input=example_dataset_arrays(source.inputs, 8, seed=0)["input"])
+    np.savez(calib, input=domain_dataset_arrays(source.inputs, 8, seed=0)["input"])
     result = api.export(source, ["iphone-15-pro"], out=tmp_path / "out", recipe_chain=[recipe], calib=calib)
     entry = _entry(result)
     package = _package(result, entry)

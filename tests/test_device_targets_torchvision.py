@@ -10,7 +10,8 @@ import pytest
 from edgepack import api
 from edgepack.models.input_spec import parse_input_spec
 from edgepack.models.loaders import load_source
-from edgepack.models.sample import example_dataset_arrays, recalibrate_batchnorm
+from edgepack.models.sample import recalibrate_batchnorm
+from edgepack.models.synthetic import domain_dataset_arrays
 
 
 @pytest.mark.slow
@@ -20,7 +21,7 @@ def test_torchvision_models_to_edge_tpu_and_android(tmp_path, model, one_torch_t
 
     source = recalibrate_batchnorm(load_source(f"torchvision:{model}", inputs=[parse_input_spec("input:1x3x96x96")], random_weights=True))
     calib = tmp_path / "calib.npz"
-    np.savez(calib, input=example_dataset_arrays(source.inputs, 16, seed=0)["input"])
+    np.savez(calib, input=domain_dataset_arrays(source.inputs, 16, seed=0)["input"])
     # Random-init 1000-class logits are too close for top-1 agreement to mean anything after full-int8
     # (the fidelity gate rejects resnet18 at ~0.5): this test is about conversion, parity and placement.
     result = api.export(source, ["coral-edgetpu", "android-pixel8"], calib=calib, out=tmp_path / "out", max_drop=1.0)

@@ -24,7 +24,7 @@ from edgepack.device_bench.config import BenchConfig
 from edgepack.device_bench.runners.base import RUNNERS
 from edgepack.errors import InputError
 from edgepack.farm.config import ModelSpec, load_farm, parse_farm
-from edgepack.farm.nightly import ExportCache, plan_jobs, run_farm
+from edgepack.farm.nightly import FarmExports, plan_jobs, run_farm
 from edgepack.farm.store import Store, record_bench_results
 from edgepack.hashing import file_sha256
 from test_bench_ssh import SshServer, sshd  # noqa: F401  (the real loopback sshd fixture)
@@ -41,9 +41,9 @@ def fault_runner(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> ExportCache:
+def exports(tmp_path_factory: pytest.TempPathFactory) -> FarmExports:
     """One real export shared by every farm run here (the farm caches exports by model/target/recipe)."""
-    cache = ExportCache(tmp_path_factory.mktemp("exports"), reuse=True)
+    cache = FarmExports(tmp_path_factory.mktemp("exports"), reuse=True)
     cache.get(ModelSpec(name="digits", source="demo:digits"), "host-ort", "fp32")
     return cache
 
@@ -72,7 +72,7 @@ def store(tmp_path: Path):
         yield opened
 
 
-def test_local_farm_stores_traceable_results(store: Store, exports: ExportCache) -> None:
+def test_local_farm_stores_traceable_results(store: Store, exports: FarmExports) -> None:
     config = parse_farm(farm({"host-a": HOST, "host-b": HOST}, models=2))
     assert [(j.device, j.model) for j in plan_jobs(config)] == [
         ("host-a", "digits-0"), ("host-a", "digits-1"), ("host-b", "digits-0"), ("host-b", "digits-1")]
@@ -93,7 +93,7 @@ def test_local_farm_stores_traceable_results(store: Store, exports: ExportCache)
     assert store.runs("test")[-1].status == "finished"
 
 
-def test_retry_with_exponential_backoff(store: Store, exports: ExportCache, tmp_path: Path) -> None:
+def test_retry_with_exponential_backoff(store: Store, exports: FarmExports, tmp_path: Path) -> None:
     config = parse_farm(farm({"flaky": fault(tmp_path / "flaky", "1,2", "error")}, retries=3, backoff_s=0.5))
     slept: list[float] = []
     run = run_farm(config, store, exports=exports, sleep=slept.append)
@@ -103,7 +103,7 @@ def test_retry_with_exponential_backoff(store: Store, exports: ExportCache, tmp_
     assert row.runner == "fault://flaky"
 
 
-def test_hung_runner_is_killed_at_the_timeout(store: Store, exports: ExportCache, tmp_path: Path) -> None:
+def test_hung_runner_is_killed_at_the_timeout(store: Store, exports: FarmExports, tmp_path: Path) -> None:
     state = tmp_path / "hung"
     config = parse_farm(farm({"hung": fault(state, "1", "hang")}, timeout_s=8))
     started = time.monotonic()
@@ -116,7 +116,7 @@ def test_hung_runner_is_killed_at_the_timeout(store: Store, exports: ExportCache
         os.kill(hung_pid, 0)  # the hung worker was killed, not left behind
 
 
-def test_killed_worker_is_replaced(store: Store, exports: ExportCache, tmp_path: Path) -> None:
+def test_killed_worker_is_replaced(store: Store, exports: FarmExports, tmp_path: Path) -> None:
     state = tmp_path / "killed"
     run = run_farm(parse_farm(farm({"killed": fault(state, "1", "kill")})), store, exports=exports)
     [job] = run.jobs
@@ -124,7 +124,7 @@ def test_killed_worker_is_replaced(store: Store, exports: ExportCache, tmp_path:
     assert (state / "pid-1").read_text() != (state / "pid-2").read_text()
 
 
-def test_device_goes_offline_and_its_jobs_are_skipped(store: Store, exports: ExportCache, tmp_path: Path) -> None:
+def test_device_goes_offline_and_its_jobs_are_skipped(store: Store, exports: FarmExports, tmp_path: Path) -> None:
     config = parse_farm(farm({"broken": fault(tmp_path / "broken", ",".join(map(str, range(1, 50))), "error"),
                               "fine": HOST}, models=4, retries=1, offline_after=2))
     run = run_farm(config, store, exports=exports)
@@ -141,19 +141,19 @@ def test_device_goes_offline_and_its_jobs_are_skipped(store: Store, exports: Exp
     assert (run.count("ok"), run.count("failed"), run.count("skipped")) == (4, 2, 2)  # nothing lost
 
 
-def test_killed_farm_process_resumes_without_repeating_jobs(store: Store, exports: ExportCache, tmp_path: Path) -> None:
+def test_killed_farm_process_resumes_without_repeating_jobs(store: Store, exports: FarmExports, tmp_path: Path) -> None:
     data = farm({"dev": fault(tmp_path / "dev", "2", "kill-farm")}, models=3)
     script = (
         "import torch, json, sys\nfrom pathlib import Path\n"
         f"sys.path.insert(0, {str(TESTS)!r})\n"
         "from edgepack.device_bench.runners.base import RUNNERS\n"
         f"RUNNERS[{farm_faults.SCHEME!r}] = {farm_faults.TARGET!r}\n"
-        "from edgepack.farm.nightly import ExportCache, run_farm\n"
+        "from edgepack.farm.nightly import FarmExports, run_farm\n"
         "from edgepack.farm.config import parse_farm\n"
         "from edgepack.farm.store import Store\n"
         f"config = parse_farm(json.loads({json.dumps(data)!r}))\n"
         f"run_farm(config, Store.open({store.engine.url.render_as_string(False)!r}),"
-        f" exports=ExportCache(Path({str(exports.root)!r}), reuse=True))\n"
+        f" exports=FarmExports(Path({str(exports.root)!r}), reuse=True))\n"
     )
     crashed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert crashed.returncode == -9, crashed.stderr[-2000:]
@@ -173,7 +173,7 @@ def test_killed_farm_process_resumes_without_repeating_jobs(store: Store, export
     assert run_farm(parse_farm(data), store, exports=exports, resume=True).run_id != run.id  # nothing left: new run
 
 
-def test_dropped_database_connections_lose_nothing(postgres: pg_server.PgServer, exports: ExportCache) -> None:
+def test_dropped_database_connections_lose_nothing(postgres: pg_server.PgServer, exports: FarmExports) -> None:
     url = postgres.create_database("farm_drops")
     stop = threading.Event()
     dropped: list[str] = []
@@ -198,7 +198,7 @@ def test_dropped_database_connections_lose_nothing(postgres: pg_server.PgServer,
 
 
 @pytest.mark.slow
-def test_ray_cluster_gives_the_local_results(tmp_path: Path, exports: ExportCache) -> None:
+def test_ray_cluster_gives_the_local_results(tmp_path: Path, exports: FarmExports) -> None:
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
@@ -243,7 +243,7 @@ def test_ray_cluster_gives_the_local_results(tmp_path: Path, exports: ExportCach
     assert "no Ray node advertises resource 'device:ghost'" in ghost[0].error
 
 
-def test_bench_results_can_be_recorded(tmp_path: Path, exports: ExportCache) -> None:
+def test_bench_results_can_be_recorded(tmp_path: Path, exports: FarmExports) -> None:
     bundle = exports.get(ModelSpec(name="digits", source="demo:digits"), "host-ort", "fp32").bundle
     results = bench_bundle(bundle, "host-ort", "host", BenchConfig(warmup=3, min_iters=20, min_seconds=0.1))
     url = f"sqlite:///{tmp_path / 'bench.sqlite'}"
@@ -291,7 +291,7 @@ def test_example_farm_file_parses(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [j.device for j in plan_jobs(load_farm(EXAMPLE))] == ["this-host", "loopback-ssh"]
 
 
-def test_disabled_devices_get_no_jobs(store: Store, exports: ExportCache) -> None:
+def test_disabled_devices_get_no_jobs(store: Store, exports: FarmExports) -> None:
     data = farm({"on": HOST, "off": {"runner": "ssh://nobody@127.0.0.1:1?identity=/no/such/key"}})
     data["devices"][1]["enabled"] = False
     run = run_farm(parse_farm(data), store, exports=exports)
@@ -301,7 +301,7 @@ def test_disabled_devices_get_no_jobs(store: Store, exports: ExportCache) -> Non
         parse_farm(data, "farm.toml")
 
 
-def test_failing_device_is_marked_until_it_succeeds(store: Store, exports: ExportCache, tmp_path: Path) -> None:
+def test_failing_device_is_marked_until_it_succeeds(store: Store, exports: FarmExports, tmp_path: Path) -> None:
     config = parse_farm(farm({"flaky": fault(tmp_path / "flaky", "2", "error")}, models=3, retries=0))
     seen: list[dict] = []
     run = run_farm(config, store, exports=exports,  # the third job's line comes before its success is recorded

@@ -45,28 +45,8 @@ def test_shipped_profiles_carry_the_compute_units(registry) -> None:
     assert coreml_compute_units(registry.get("android-pixel8"), "gpu") is None
 
 
-NEW_DEVICE = """
-id = "acme-phone"
-extends = "android-pixel8"
-name = "Acme phone (Acme NPU)"
-
-[accelerators.acmenpu]
-kind = "npu"
-precisions = ["int8"]
-op_vocabulary = "tflite"
-ops = { CONV_2D = {}, ADD = {} }
-coreml_compute_units = "cpuAndNeuralEngine"
-
-[accelerators.acmenpu.litert_delegate]
-benchmark_flags = ["--external_delegate_path={lib_dir}/libAcmeNpuDelegate.so"]
-reported_as = "EXTERNAL"
-kotlin_create = 'AcmeNpuDelegate(AcmeNpuDelegate.Options().setMode("fast"))'
-kotlin_imports = ["com.acme.npu.AcmeNpuDelegate", "com.acme.npu.AcmeNpuDelegate.Options"]
-maven = ["com.acme.npu:litert-acme-npu"]
-
-[accelerators.nnapi.litert_delegate]
-kotlin_create = "NnApiDelegate(NnApiDelegate.Options().setUseNnapiCpu(false))"
-"""
+NEW_DEVICE = (Path(__file__).parent / "data" / "acme-phone.toml").read_text()
+"""A device the code has never heard of (shared with the other accelerator-facts tests)."""
 
 
 def _registry(tmp_path: Path, text: str = NEW_DEVICE):

@@ -290,10 +290,10 @@ def test_calibration_files_hold_samples_on_each_inputs_batch_axis(tmp_path):
 
 def test_synthetic_inputs_are_batched_per_input():
     from edgepack.data.dataset import Dataset
-    from edgepack.models.sample import example_dataset_arrays
+    from edgepack.models.synthetic import domain_dataset_arrays
 
     specs = [TensorSpec("input", (1, 576)), TensorSpec("state", (2, 1, 128))]
-    data = Dataset(example_dataset_arrays(specs, 6, seed=1), None, "synthetic")
+    data = Dataset(domain_dataset_arrays(specs, 6, seed=1), None, "synthetic")
     assert len(data) == 6
     shapes = {name: array.shape for name, array in data.batch(5).items()}
     assert shapes == {"input": (1, 576), "state": (2, 1, 128)}

@@ -81,6 +81,8 @@ def test_a_minimal_profile_loads(tmp_path):
         (('id = "dev-board"', 'id = "other"'), "dev-board.toml: id:"),
         (("all_ops = true", 'all_ops = true\n[toolchain]\nort = "lots"'), "dev-board.toml: toolchain:"),
         (("[accelerators.cpu]", "[accelerators.cpu\n"), "dev-board.toml: invalid TOML"),
+        (('op_vocabulary = "onnx"', 'op_vocabulary = "klingon"'),
+         "dev-board.toml: accelerators.cpu.op_vocabulary: unknown op vocabulary 'klingon'"),
     ],
 )
 def test_broken_profile_names_file_and_field(tmp_path, patch, expected):

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from edgepack import api
 from edgepack.models.loaders import load_source
 from edgepack.models.input_spec import parse_input_spec
-from edgepack.models.sample import example_dataset_arrays
+from edgepack.models.synthetic import domain_dataset_arrays
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_torchvision_models_export_for_jetson(tmp_path, model):
 
     source = load_source(f"torchvision:{model}", inputs=[parse_input_spec("input:batchx3x96x96")], random_weights=True)
     calib = tmp_path / "calib.npz"
-    np.savez(calib, input=example_dataset_arrays(source.inputs, 16, seed=0)["input"])
+    np.savez(calib, input=domain_dataset_arrays(source.inputs, 16, seed=0)["input"])
     result = api.export(source, ["jetson-orin"], calib=calib, out=tmp_path / "out", recipe_chain=["int8", "fp16"])
     entry = result.manifest["targets"]["jetson-orin"]
     assert entry["status"] == "ok", entry["error"]

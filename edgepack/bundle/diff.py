@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgepack.errors import BundleError
 
 IO_FIELDS = ("shape", "dtype", "layout", "quant", "preprocess")
 PREPROCESS_FIELDS = ("scale", "mean", "std", "layout", "baked", "colour_order", "size")

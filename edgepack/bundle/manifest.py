@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgepack import __version__
+from edgepack.version import __version__
 from edgepack.exporters.base import Artifact
 from edgepack.models.source import ModelSource
 from edgepack.package.accelerators import app_facts

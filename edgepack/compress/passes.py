@@ -1,23 +1,21 @@
 """Torch-level compression passes named by recipes (``[[passes]] name = "...", options = {...}``).
 
 A pass takes a torch module and returns a new one (it never mutates its input); its options are a
-small pydantic config that rejects unknown keys. Passes are looked up by name in :data:`PASSES`, which
-modules register into explicitly through :func:`register_pass` at import of :mod:`edgepack.compress.catalog`.
+small pydantic config that rejects unknown keys. This module is the interface the passes implement;
+:mod:`edgepack.compress.catalog` registers the built-in ones and looks them up by name.
 """
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgepack.data.dataset import Dataset
-from edgepack.errors import InputError, ProfileError
-from edgepack.models.source import ModelSource
+from edgepack.errors import ProfileError
 
 
 class PassConfig(BaseModel):
@@ -61,48 +59,3 @@ class TorchPass(ABC):
     @abstractmethod
     def apply(self, module: Any, config: PassConfig, context: PassContext) -> Any:
         """Return a compressed copy of ``module``."""
-
-
-PASSES: dict[str, TorchPass] = {}
-
-
-def register_pass(pass_: TorchPass) -> TorchPass:
-    """Add a pass to :data:`PASSES`; a second pass with the same name is an error."""
-    if pass_.name in PASSES and type(PASSES[pass_.name]) is not type(pass_):
-        raise ValueError(f"two compression passes are named '{pass_.name}'")
-    PASSES[pass_.name] = pass_
-    return pass_
-
-
-def get_pass(name: str) -> TorchPass:
-    from edgepack.compress import catalog  # noqa: F401  (registers the built-in passes)
-
-    try:
-        return PASSES[name]
-    except KeyError:
-        raise ProfileError(f"unknown compression pass '{name}'", hint=f"known: {', '.join(sorted(PASSES))}") from None
-
-
-def apply_passes(source: ModelSource, specs: Iterable[Any], context: PassContext) -> ModelSource:
-    """Run ``specs`` (recipe ``PassSpec`` items) in order on a copy of the source's torch module."""
-    specs = list(specs)
-    if not specs:
-        return source
-    if source.torch_module is None:
-        raise InputError(f"{source.uri}: compression passes need a torch model, not an ONNX file")
-    from edgepack.hashing import module_sha256
-
-    module = copy.deepcopy(source.torch_module)
-    for spec in specs:
-        pass_ = get_pass(spec.name)
-        module = pass_.apply(module, pass_.parse(spec.options), context)
-        module.eval()
-    names = "+".join(spec.name for spec in specs)
-    return replace(
-        source,
-        torch_module=module,
-        sha256=module_sha256(module),
-        onnx_path=None,
-        exported_program=None,
-        extra={k: v for k, v in source.extra.items() if k != "_onnx_cache"} | {"passes": names},
-    )

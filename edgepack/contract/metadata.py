@@ -103,7 +103,7 @@ class Contract:
         outputs: "tuple[TensorSpec, ...] | list[TensorSpec]",
         toolchain: dict[str, str],
     ) -> "Contract":
-        from edgepack import __version__
+        from edgepack.version import __version__
 
         labels = tuple(str(label) for label in source.labels) if source.labels else None
         ins = tuple(_input(spec, src) for spec, src in zip(inputs, _pad(source.inputs, len(inputs))))

@@ -101,24 +101,6 @@ class Dataset:
         """The first ``first`` samples and the rest."""
         return self.take(slice(0, first)), self.take(slice(first, None))
 
-    def to_raw_pixels(self, specs: Sequence[TensorSpec]) -> "Dataset":
-        """The inputs named by ``specs`` (float images preprocessed as ``spec.preprocess`` says) back as raw
-        ``uint8`` NHWC pixels: ``(x * std + mean) / scale`` -> round -> clip 0..255 -> uint8 -> NHWC (for
-        ``--bake-preprocess``, :mod:`edgepack.models.bake`); other inputs are kept as they are."""
-        from edgepack.models.bake import _layout, channel_params
-
-        inputs = dict(self.inputs)
-        for spec in specs:
-            if spec.name not in inputs:
-                continue
-            array = np.asarray(inputs[spec.name], np.float32)
-            scale, mean, std = channel_params(spec)
-            if _layout(spec) == "NCHW":
-                array = array.transpose(0, 2, 3, 1)
-            raw = (array * std + mean) / np.float32(scale)
-            inputs[spec.name] = np.ascontiguousarray(np.clip(np.rint(raw), 0, 255).astype(np.uint8))
-        return Dataset(InputArrays(inputs, self.batch_axes), self.labels, f"{self.origin} (raw uint8 pixels)")
-
 
 def _check_finite(origin: str, name: str, array: np.ndarray) -> None:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():

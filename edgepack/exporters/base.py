@@ -202,6 +202,14 @@ class Capabilities:
     templates: Path | None = None
     """Folder of this runtime's app templates, searched (after ``edgepack/package/templates``) for the templates
     that ``package``'s platform builders and :attr:`Packaging.snippet` name."""
+    isolation: str = "in-process"
+    """How the converter runs: ``in-process``, ``worker process`` (its own Python process, for a converter that
+    must not share the export's interpreter), or ``own venv`` (pins that conflict with edgepack's)."""
+    optional_tools: tuple[tuple[str, str], ...] = ()
+    """``(program on PATH, what it adds here)`` for vendor tools the export uses when they are installed."""
+    device_runners: frozenset[str] = frozenset()
+    """Schemes of the device-bench runners that measure this runtime's artifacts on the device with the vendor's
+    own tool (``adb``: LiteRT's benchmark_model; ``ios``: the Core ML XCTest harness)."""
     keeps_scopes_float: bool = False
     """Whether this runtime's quantizer keeps every ONNX node under a scope named in ``recipe.exclude``
     (``/edgepack_nms``) in float. The pipeline then keeps an appended NMS float; runtimes that map exclusions

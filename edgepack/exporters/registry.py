@@ -110,6 +110,12 @@ def platform_formats(platform: str) -> tuple[str, ...]:
     return tuple(fmt for fmt, where in _packaging() if where == platform)
 
 
+def device_runner_formats(scheme: str) -> tuple[str, ...]:
+    """Artifact formats of the runtimes that declare the device runner ``scheme`` (:attr:`Capabilities.device_runners`)."""
+    return tuple(fmt for c in exporter_classes().values() if scheme in c.capabilities.device_runners
+                 for fmt in c.artifact_formats)
+
+
 def snippets() -> dict[str, tuple[str, tuple[str, ...]]]:
     """``{path under snippets/: (template, artifact formats it serves)}`` over every packaged format."""
     out: dict[str, tuple[str, tuple[str, ...]]] = {}

@@ -14,7 +14,7 @@ DB_HELP = ("Results database: sqlite:///PATH, a SQLite file path, or postgresql:
 
 def register(app: Any) -> None:
     """Add this subsystem's commands to the top-level Typer ``app``."""
-    from edgepack.cli import CONTEXT, _print_envelope, _user_errors
+    from edgepack.cli_support import CONTEXT, print_envelope, user_errors
 
     farm_app = typer.Typer(help="Nightly device farm: run jobs, detect regressions, write the HTML report.",
                            no_args_is_help=True, context_settings=CONTEXT)
@@ -37,7 +37,7 @@ def register(app: Any) -> None:
         def say(message: str) -> None:
             print(message, file=sys.stderr if as_json else sys.stdout, flush=True)
 
-        with _user_errors("farm run" if as_json else None):
+        with user_errors("farm run" if as_json else None):
             config = load_farm(farm_file)
             executor = RayExecutor(ray) if ray else LocalExecutor()
             with open_store(db) as store:
@@ -45,7 +45,7 @@ def register(app: Any) -> None:
         counts = {status: run.count(status) for status in ("ok", "failed", "skipped")}
         if as_json:
             failed = [j for j in run.jobs if j.status == "failed"]
-            _print_envelope("farm run", {"run_id": run.run_id, "resumed": run.resumed, "exports": run.exports, **counts,
+            print_envelope("farm run", {"run_id": run.run_id, "resumed": run.resumed, "exports": run.exports, **counts,
                          "jobs": [{"device": j.spec.device, "model": j.spec.model, "target": j.spec.target,
                                    "recipe": j.spec.recipe, "status": j.status, "attempts": j.attempts, "error": j.error}
                                   for j in run.jobs]}, ok=run.ok,
@@ -74,13 +74,13 @@ def register(app: Any) -> None:
         from edgepack.farm.regress import detect
         from edgepack.farm.store import open_store
 
-        with _user_errors("farm regress" if as_json else None):
+        with user_errors("farm regress" if as_json else None):
             with open_store(db, create=False) as store:
                 report = detect(store, farm=farm, run_id=run,
                                 overrides={"p50": p50, "p99": p99, "alpha": alpha, "window": window})
             report.write(json_out, junit)
         if as_json:
-            _print_envelope("farm regress", report.to_dict(), ok=report.exit_code == 0, errors=[] if report.exit_code == 0
+            print_envelope("farm regress", report.to_dict(), ok=report.exit_code == 0, errors=[] if report.exit_code == 0
                             else [{"type": "Regression", "message": report.summary(), "hint": None,
                                    "exit_code": report.exit_code}])
         else:
@@ -101,7 +101,7 @@ def register(app: Any) -> None:
         from edgepack.farm.report import write_report
         from edgepack.farm.store import open_store
 
-        with _user_errors():
+        with user_errors():
             with open_store(db, create=False) as store:
                 path = write_report(store, out, farm=farm)
         print(f"report: {path}")

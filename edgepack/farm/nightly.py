@@ -1,7 +1,7 @@
 """The device farm: ``farm.toml`` -> jobs -> export -> bench on each device -> results database.
 
 A job is (device, model, target, recipe): the model is exported for the target with that one recipe
-through :func:`edgepack.api.export` (once per run and key, :class:`ExportCache`), then benched on the
+through :func:`edgepack.api.export` (once per run and key, :class:`FarmExports`), then benched on the
 device's runner by an executor (:mod:`edgepack.farm.executors`), and its result is committed in
 its own transaction (:meth:`Store.record_result`).
 
@@ -74,7 +74,7 @@ class Exported:
     provenance: Provenance
 
 
-class ExportCache:
+class FarmExports:
     """Exports by (model, target, recipe), each done once; exports run one at a time.
 
     ``root`` keeps the bundles (default: a temp dir removed by :meth:`close`). With ``reuse`` a bundle
@@ -154,7 +154,7 @@ class _DeviceLoop:
     """Runs one device's queue: retries, backoff, failing/offline marking; stops when ``stop`` is set."""
 
     def __init__(self, device: DeviceSpec, jobs: Sequence[JobRow], *, config: FarmConfig, store: Store,
-                 executor: Executor, exports: ExportCache, progress: Progress, sleep: Callable[[float], None],
+                 executor: Executor, exports: FarmExports, progress: Progress, sleep: Callable[[float], None],
                  offline_reason: str | None, stop: threading.Event | None = None) -> None:
         self.device, self.jobs, self.config, self.store = device, jobs, config, store
         self.executor, self.exports, self.progress, self.sleep = executor, exports, progress, sleep
@@ -235,7 +235,7 @@ def run_farm(
     *,
     executor: Executor | None = None,
     resume: bool = False,
-    exports: ExportCache | None = None,
+    exports: FarmExports | None = None,
     progress: Progress = lambda message: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> FarmRun:
@@ -257,7 +257,7 @@ def run_farm(
     pending: dict[str, list[JobRow]] = {}
     for job in store.jobs(run_id, status="pending"):
         pending.setdefault(job.spec.device, []).append(job)
-    cache = exports or ExportCache()
+    cache = exports or FarmExports()
     failures: list[BaseException] = []
     stop = threading.Event()
     threads: list[threading.Thread] = []

@@ -55,7 +55,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, Operational
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from edgepack._text import first_line
-from edgepack import __version__
+from edgepack.version import __version__
 from edgepack.device_bench.config import BenchResult
 from edgepack.errors import EdgepackError, InputError, OutputError
 

@@ -9,7 +9,7 @@ ONNX sources get the ops prepended to a copy of their graph.
 
 The baked input records an identity preprocessing (scale 1, mean 0, std 1) whose description says what
 was baked, so the contract tells apps to feed raw pixels. Datasets given in the model's float layout are
-converted back to raw pixels with :meth:`edgepack.data.dataset.Dataset.to_raw_pixels`.
+converted back to raw pixels with :func:`raw_pixels`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.data.dataset import Dataset, InputArrays
 from edgepack.errors import InputError
 from edgepack.models.onnx_rewrite import save_rewritten
 from edgepack.models.source import ModelSource, Preprocess, TensorSpec
@@ -47,6 +48,23 @@ def _layout(spec: TensorSpec) -> str | None:
         if spec.shape[3] in (1, 3):
             return "NHWC"
     return None
+
+
+def raw_pixels(data: Dataset, specs: Sequence[TensorSpec]) -> Dataset:
+    """The inputs of ``data`` named by ``specs`` (float images preprocessed as ``spec.preprocess`` says) back as
+    raw ``uint8`` NHWC pixels: ``(x * std + mean) / scale`` -> round -> clip 0..255 -> uint8 -> NHWC; other
+    inputs are kept as they are."""
+    inputs = dict(data.inputs)
+    for spec in specs:
+        if spec.name not in inputs:
+            continue
+        array = np.asarray(inputs[spec.name], np.float32)
+        scale, mean, std = channel_params(spec)
+        if _layout(spec) == "NCHW":
+            array = array.transpose(0, 2, 3, 1)
+        raw = (array * std + mean) / np.float32(scale)
+        inputs[spec.name] = np.ascontiguousarray(np.clip(np.rint(raw), 0, 255).astype(np.uint8))
+    return Dataset(InputArrays(inputs, data.batch_axes), data.labels, f"{data.origin} (raw uint8 pixels)")
 
 
 def is_baked(spec: TensorSpec) -> bool:
@@ -126,8 +144,8 @@ def bake_preprocess(source: ModelSource, workdir: Path | None = None) -> ModelSo
     sha = hashlib.sha256(f"{source.sha256}|bake-preprocess|{json.dumps(recipe, sort_keys=True)}".encode()).hexdigest()
     extra = {k: v for k, v in source.extra.items() if not k.startswith("_")}  # drop per-run caches (_onnx_cache)
     for key, value in list(extra.items()):
-        if hasattr(value, "to_raw_pixels") and hasattr(value, "inputs"):
-            extra[key] = value.to_raw_pixels(list(originals.values()))
+        if isinstance(value, Dataset):
+            extra[key] = raw_pixels(value, list(originals.values()))
     extra[UNBAKED_KEY] = list(source.inputs)
     common: dict[str, Any] = {"sha256": sha, "inputs": new_inputs, "extra": extra, "exported_program": None}
     if source.torch_module is not None:
@@ -233,7 +251,7 @@ def _bake_onnx(
 
 def load_baked_dataset(path: str | Path, source: ModelSource, *, require_labels: bool) -> Any:
     """An ``.npz``/``.npy`` file for a baked source: ``uint8`` image arrays are taken as raw NHWC pixels;
-    anything else is read in the model's float layout and converted (:meth:`Dataset.to_raw_pixels`)."""
+    anything else is read in the model's float layout and converted (:func:`raw_pixels`)."""
     from edgepack.data.dataset import load_dataset
 
     unbaked = source.extra.get(UNBAKED_KEY) or source.inputs
@@ -241,7 +259,7 @@ def load_baked_dataset(path: str | Path, source: ModelSource, *, require_labels:
     if _file_is_uint8(Path(path), baked_names):
         return load_dataset(path, source.inputs, require_labels=require_labels)
     data = load_dataset(path, unbaked, require_labels=require_labels)
-    return data.to_raw_pixels([s for s in unbaked if s.name in baked_names])
+    return raw_pixels(data, [s for s in unbaked if s.name in baked_names])
 
 
 def _file_is_uint8(path: Path, names: set[str]) -> bool:

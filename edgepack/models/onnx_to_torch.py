@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepack._text import first_line
 from edgepack.errors import ExportError, UnsupportedError
 from edgepack.models.source import TensorSpec
 
@@ -193,11 +194,6 @@ def normalise(model: Any, specs: Sequence[TensorSpec]) -> tuple[Any, list[str]]:
     return out, rewrites
 
 
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:limit] if text else ''}".rstrip(": ")
-
-
 def _failing_node(model: Any) -> str | None:
     """Re-run onnx2torch's per-node converters to name the node a failed ``convert`` stopped at."""
     from onnx2torch.node_converters import get_converter
@@ -211,7 +207,7 @@ def _failing_node(model: Any) -> str | None:
             version = opsets.get(node.domain, opsets.get("ai.onnx", opsets.get("", 1)))
             get_converter(domain=node.domain, operation_type=node.operation_type, version=version)(node, graph)
         except Exception as exc:  # noqa: BLE001 - the converter's own message is the report
-            return f"node '{name}' ({node.operation_type}, opset {version}): {_first_line(exc)}"
+            return f"node '{name}' ({node.operation_type}, opset {version}): {first_line(exc, typed=True)}"
     return None
 
 
@@ -222,7 +218,7 @@ def _convert(model: Any) -> Any:
         return convert(model).eval()
     except Exception as exc:  # noqa: BLE001 - reported with the node that failed
         where = _failing_node(model)
-        message = where or _first_line(exc)
+        message = where or first_line(exc, typed=True)
         error = UnsupportedError if isinstance(exc, NotImplementedError) or (where and "NotImplemented" in where) \
             else ExportError
         raise error(f"onnx2torch cannot convert the ONNX graph: {message}") from None
@@ -244,7 +240,7 @@ def _verify(module: Any, path: Path, specs: Sequence[TensorSpec]) -> tuple[float
         with torch.inference_mode():
             result = module(*(torch.from_numpy(arrays[s.name]) for s in specs))
     except Exception as exc:  # noqa: BLE001 - a module that does not run is a conversion failure
-        raise ExportError(f"the onnx2torch module fails to run: {_first_line(exc)}") from None
+        raise ExportError(f"the onnx2torch module fails to run: {first_line(exc, typed=True)}") from None
     results = list(result) if isinstance(result, (list, tuple)) else [result]
     if len(results) != len(reference):
         raise ExportError(f"the onnx2torch module returns {len(results)} outputs, the ONNX graph has {len(reference)}")

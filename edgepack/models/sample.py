@@ -35,14 +35,6 @@ def example_inputs(specs: Sequence[TensorSpec], *, batch: int = 1, seed: int = 0
     return out
 
 
-def example_dataset_arrays(specs: Sequence[TensorSpec], count: int, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """``count`` synthetic samples per input, stacked on axis 0, shaped like the input's domain (photos,
-    text lines, audio; :mod:`edgepack.models.synthetic`) where it is recognised."""
-    from edgepack.models.synthetic import domain_dataset_arrays
-
-    return domain_dataset_arrays(specs, count, seed=seed)
-
-
 def _noise_dataset_arrays(specs: Sequence[TensorSpec], count: int, *, seed: int = 0) -> dict[str, np.ndarray]:
     batches = [example_inputs(specs, batch=1, seed=seed + i) for i in range(count)]
     return {s.name: np.concatenate([b[s.name] for b in batches], axis=0) for s in specs}

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgepack import __version__
+from edgepack.version import __version__
 from edgepack._fs import make_temp_dir, swap_into_place
 from edgepack.bundle.writer import MANIFEST_NAME
 from edgepack.errors import InputError

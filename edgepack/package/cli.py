@@ -24,19 +24,19 @@ def package(
     android: assets + Kotlin runner + Gradle lines; ios: Swift package with the .mlpackage;
     python: a runner module for ONNX Runtime / OpenVINO / LiteRT.
     """
-    from edgepack.cli import _one_target, _print_envelope, _user_errors
+    from edgepack.cli_support import one_target, print_envelope, user_errors
     from edgepack.package.build import package_bundle
 
-    with _user_errors("package" if as_json else None):
-        target = _one_target(target, "package")
+    with user_errors("package" if as_json else None):
+        target = one_target(target, "package")
         if target is not None:
-            from edgepack.cli import _canonical
+            from edgepack.cli_support import canonical_ids
             from edgepack.targets.registry import load_registry
 
-            (target,) = _canonical(load_registry(), [target])
+            (target,) = canonical_ids(load_registry(), [target])
         result = package_bundle(bundle, platform, out, target=target, public_key=pub)
     if as_json:
-        _print_envelope("package", result.to_dict())
+        print_envelope("package", result.to_dict())
         return
     print(f"{result.platform} package for {', '.join(result.targets)} -> {result.out} "
           f"({len(result.files)} files, bundle {result.bundle_sha256[:12]})")
@@ -55,13 +55,13 @@ def diff(
     changes (names, shapes, dtypes, quantization, preprocessing, labels) are breaking unless --allow-breaking.
     """
     from edgepack.bundle.diff import diff_bundles
-    from edgepack.cli import _print_envelope, _user_errors
+    from edgepack.cli_support import print_envelope, user_errors
 
-    with _user_errors("diff" if as_json else None):
+    with user_errors("diff" if as_json else None):
         result = diff_bundles(old, new, public_key=pub)
     if as_json:
         failed = bool(result.breaking) and not allow_breaking
-        _print_envelope("diff", result.to_dict(), ok=not failed, errors=[
+        print_envelope("diff", result.to_dict(), ok=not failed, errors=[
             {"type": "BreakingChange", "message": f"{len(result.breaking)} breaking change(s)", "hint": "--allow-breaking",
              "exit_code": 1}] if failed else [])
     else:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from edgepack import __version__
+from edgepack.version import __version__
 from edgepack.errors import BundleError, UnsupportedError
 
 KOTLIN_TYPES: dict[str, tuple[str, int]] = {

@@ -36,13 +36,13 @@ def search(
 ) -> None:
     """Search TARGET's compression recipes with measured accuracy, latency and size; write the Pareto front and
     the fastest recipe within the constraints (OUT/chosen-recipe.toml, for 'edgepack export --recipe')."""
-    from edgepack.cli import _console, _one_target, _print_envelope, _user_errors
+    from edgepack.cli_support import make_console, one_target, print_envelope, user_errors
     from edgepack.device_bench.config import BenchConfig
     from edgepack.search.engine import SearchSettings, search as run_search
     from edgepack.search.report import front_table
 
-    with _user_errors("search" if as_json else None):
-        target = _one_target(target, "search") or target
+    with user_errors("search" if as_json else None):
+        target = one_target(target, "search") or target
         quick = BenchConfig(min_iters=max(10, iterations // 5), min_seconds=seconds / 5)
         settings = SearchSettings(trials=trials, seed=seed, eta=eta, quick_bench=quick, tie_tolerance=tie_tolerance,
                                   bench=BenchConfig(min_iters=iterations, min_seconds=seconds))
@@ -53,10 +53,10 @@ def search(
                                 settings=settings, db=db, record=not no_store, cache=not no_cache, progress=progress)
     if as_json:
         ok = result.chosen is not None
-        _print_envelope("search", result.to_dict(), ok=ok, errors=[] if ok else [
+        print_envelope("search", result.to_dict(), ok=ok, errors=[] if ok else [
             {"type": "NothingChosen", "message": f"nothing chosen: {result.reason}", "hint": None, "exit_code": 1}])
     else:
-        console = _console()
+        console = make_console()
         console.print(front_table(result))
         if result.chosen is not None:
             console.print(f"chosen: {result.chosen.label} -> {result.chosen_recipe}")
@@ -76,10 +76,10 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[Any], None]]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgepack.cli import _console
+    from edgepack.cli_support import make_console
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_console(stderr=True), transient=True) as bar:
+                  console=make_console(stderr=True), transient=True) as bar:
         task = bar.add_task("search", total=None)
 
         def update(state: Any) -> None:

@@ -99,4 +99,17 @@ def load_registry(directory: Path | None = None, extra: Sequence[Path] = ()) -> 
             raise ProfileError(f"{path}: profile file not found")
     raw.update(_raw_profiles([Path(p) for p in extra]))
     profiles = {pid: validate(TargetProfile, _resolve(pid, raw), raw[pid][0]) for pid in raw}
+    for pid, profile in profiles.items():
+        _check_op_vocabularies(profile, raw[pid][0])
     return Registry(profiles)
+
+
+def _check_op_vocabularies(profile: TargetProfile, path: Path) -> None:
+    """Each accelerator's ``op_vocabulary`` is one an installed exporter declares (a new runtime brings its own)."""
+    from edgepack.exporters.registry import op_vocabularies
+
+    known = op_vocabularies()
+    for name, accelerator in profile.accelerators.items():
+        if accelerator.op_vocabulary not in known:
+            raise ProfileError(f"{path}: accelerators.{name}.op_vocabulary: unknown op vocabulary "
+                               f"'{accelerator.op_vocabulary}' (known: {', '.join(sorted(known))})")

@@ -571,7 +571,7 @@ class AdbRunner(Runner):
     uses_profiles = True
 
     scheme = "adb"
-    formats = ("tflite",)
+    vendor_tool = True
     option_names = ("adb", "benchmark_model", "remote_dir", "lib_dir", "sysfs", "idle_ms", "sample_ms", "harness")
 
     def __init__(

@@ -52,8 +52,9 @@ class Runner(ABC):
     feeds_input_specs: ClassVar[bool] = True
     """Whether the runner builds its inputs from the ``inputs`` specs it is given (so ``BenchConfig.batch``
     applies); a runner whose device tool feeds the artifact's own shapes sets False."""
-    formats: ClassVar[tuple[str, ...]] = ()
-    """Artifact formats the runner runs (``Artifact.format``); empty: whatever its predictor or agent loads."""
+    vendor_tool: ClassVar[bool] = False
+    """Whether the runner drives a runtime vendor's benchmark tool on the device: it then runs only the formats
+    of the runtimes that declare its scheme (:attr:`~edgepack.exporters.base.Capabilities.device_runners`)."""
     uses_profiles: ClassVar[bool] = False
     """Whether the runner reads device facts from the artifact's target profile: such a runner's
     ``from_uri`` takes the target ``registry`` as a keyword argument."""
@@ -74,10 +75,20 @@ class Runner(ABC):
     ) -> BenchResult:
         """Measure ``artifact``. ``inputs`` are the specs of what its predictor takes (default: its own inputs)."""
 
+    @classmethod
+    def formats(cls) -> tuple[str, ...]:
+        """Artifact formats the runner runs (``Artifact.format``); empty: whatever its predictor or agent loads."""
+        if not cls.vendor_tool:
+            return ()
+        from edgepack.exporters.registry import device_runner_formats
+
+        return device_runner_formats(cls.scheme)
+
     def check_format(self, artifact: Artifact) -> None:
-        """Refuse ``artifact`` when :attr:`formats` is set and does not name its format."""
-        if self.formats and artifact.format not in self.formats:
-            runs = " / ".join(f".{f}" for f in self.formats)
+        """Refuse ``artifact`` when :meth:`formats` is not empty and does not name its format."""
+        formats = self.formats()
+        if formats and artifact.format not in formats:
+            runs = " / ".join(f".{f}" for f in formats)
             raise UnsupportedError(
                 f"{artifact.target_id}: the {self.scheme} runner runs {runs} artifacts, not {artifact.format}"
             )

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepack import __version__
+from edgepack.version import __version__
 from edgepack.device_bench.config import BenchConfig, BenchResult
 from edgepack.device_bench.energy import EnergyMeter, open_meter, read_thermal_zones
 from edgepack.device_bench.runners.base import Runner, RunnerError

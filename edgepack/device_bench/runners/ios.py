@@ -340,7 +340,7 @@ class IosRunner(Runner):
     uses_profiles = True
 
     scheme = "ios"
-    formats = ("mlpackage",)
+    vendor_tool = True
     option_names = ("team", "harness")
 
     def __init__(self, commands: XcodeCommands, *, registry: Registry, harness: Path = HARNESS_DIR) -> None:

@@ -163,6 +163,7 @@ class CoreMlExporter(Exporter):
         graph_formats=frozenset({"mlpackage"}),
         packaging=(Packaging("mlpackage", "ios", snippet=("swift/Run.swift", "snippets/run.swift.j2")),),
         templates=Path(__file__).with_name("templates"),
+        device_runners=frozenset({"ios"}),
     )
     artifact_formats = {"mlpackage": ".mlpackage"}
     stored_weight_codings = frozenset({"palettize"})  # constexpr_lut_to_dense

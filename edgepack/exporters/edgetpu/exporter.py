@@ -76,6 +76,9 @@ class EdgeTpuExporter(TfliteExporter):
         op_vocabulary="tflite",
         graph_formats=frozenset({"tflite-edgetpu"}),  # the full-integer model the compiler maps, read as TFLite
         device_build_script=COMPILE_SCRIPT,
+        isolation="worker process",
+        optional_tools=((COMPILER, "compiles the Edge TPU model during export (otherwise the bundle's "
+                                   "compile_edgetpu.sh runs it on an x86-64 Linux host)"),),
     )
     artifact_formats = {"tflite-edgetpu": ".tflite"}
     embeds_contract_in_export = False  # embedded below, once the artifact (format, toolchain) is final

@@ -8,9 +8,7 @@ kernels, each with the partitioner's reason when it logged one (``WhyNoPartition
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from edgepack.compress.quantize import QuantizationPlan
 from edgepack.errors import ExportError
 from edgepack.exporters.executorch.predictor import quiet_import
+from edgepack.exporters.executorch.program import export_program, quiet
 from edgepack.models.source import ModelSource
 
 BACKEND = "XnnpackBackend"
@@ -86,37 +85,6 @@ def _capture_why() -> Iterator[_WhyNot]:
         logger.propagate = propagate
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-
-
-def example_args(source: ModelSource) -> tuple:
-    """One batch-1 example per source input, in the source's input order."""
-    import torch
-
-    from edgepack.models.sample import example_inputs
-
-    arrays = example_inputs(source.inputs, batch=1, seed=0)
-    return tuple(torch.from_numpy(arrays[s.name]) for s in source.inputs)
-
-
-def export_program(source: ModelSource) -> Any:
-    """The source as a static-shape ``torch.export`` program (its own exported program when it has one)."""
-    import torch
-
-    if source.exported_program is not None:
-        return source.exported_program
-    try:
-        with _quiet():
-            return torch.export.export(source.torch_module.eval(), example_args(source))
-    except Exception as exc:  # noqa: BLE001 - torch.export failures are many kinds
-        raise ExportError(f"torch.export of {source.uri} failed: {type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ''}") from None
-
-
 def _op_name(target: Any) -> str:
     """``aten.convolution.default`` for an edge op, ``getitem`` for Python's operator, ..."""
     return str(getattr(target, "__name__", None) or target)
@@ -180,7 +148,7 @@ def lower(source: ModelSource, quantization: QuantizationPlan | None) -> Lowered
         program, used = quantize(program, source, quantization)
         settings |= used
     try:
-        with _quiet(), _capture_why() as why:
+        with quiet(), _capture_why() as why:
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             ops = lowered_ops(edge.exported_program().graph_module, why.reasons)
             executorch_program = edge.to_executorch()

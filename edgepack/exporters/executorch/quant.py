@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from edgepack.compress.quantize import QuantizationPlan
+from edgepack.exporters.executorch.program import example_args, quiet
 from edgepack.errors import ExportError
 from edgepack.models.source import ModelSource
 
@@ -61,12 +62,10 @@ def quantize(program: Any, source: ModelSource, plan: QuantizationPlan) -> tuple
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from edgepack.exporters.executorch.lower import _quiet, example_args
-
     quantizer = XNNPACKQuantizer().set_global(_config(plan))
     samples = 0
     try:
-        with _quiet():
+        with quiet():
             prepared = prepare_pt2e(program.module(), quantizer)
             if plan.static:
                 for batch in plan.calibration_batches():

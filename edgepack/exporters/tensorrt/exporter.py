@@ -159,6 +159,8 @@ class TensorRtExporter(Exporter):
                              python_module="onnxruntime", simulate_quantization=True, snippet=("python/run.py", "snippets/run.py.j2")),),
         device_build_script=BUILD_SCRIPT,
         keeps_scopes_float=True,  # explicit QDQ through ORT's quantizer: nodes_to_exclude takes prefixes
+        optional_tools=(("trtexec", "builds and times the engine here when an NVIDIA GPU is present (otherwise the "
+                                    "bundle's build_engine.sh builds it on the device)"),),
     )
     artifact_formats = {"onnx-qdq": ".onnx", "onnx": ".onnx"}
     distributions: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime", "torch")

@@ -151,6 +151,8 @@ class TfliteExporter(Exporter):
                       python_module="ai_edge_litert", snippet=("python/run.py", "snippets/run.py.j2")),
         ),
         templates=Path(__file__).with_name("templates"),
+        device_runners=frozenset({"adb"}),
+        isolation="worker process",  # onnx2tf/TensorFlow in a subprocess (worker.py)
     )
     artifact_formats = {"tflite": ".tflite"}
     distributions = ("onnx2tf", "tensorflow-cpu", "ai-edge-litert", "onnx", "onnxslim", "torch")
