@@ -31,7 +31,7 @@ from edgepack.data.dataset import Dataset
 from edgepack.errors import InputError, ProfileError, UnsupportedError
 from edgepack.models.demo_digits import digits_splits, load_digits_cnn
 
-onnx = pytest.importorskip("onnx")
+import onnx
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

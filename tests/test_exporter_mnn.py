@@ -15,7 +15,6 @@ import pytest
 from edgepack import api
 from edgepack.bundle.writer import read_manifest
 from edgepack.compress.quantize import QuantizationPlan
-from edgepack.compress.recipe import load_recipe_file
 from edgepack.contract.metadata import Contract
 from edgepack.device_bench.runners.base import artifact_from_entry
 from edgepack.device_bench.runners.host import _load
@@ -26,46 +25,13 @@ from edgepack.exporters.registry import capabilities, get_exporter
 from edgepack.package.build import package_bundle
 
 TARGET = "android-mnn"
-INT8_KL = """\
-name = "int8-kl"
-description = "Static int8: MNN's KL-divergence calibration, symmetric int8 activations."
-precision = "int8"
-
-[calibration]
-method = "entropy"
-samples = 64
-
-[quantization]
-per_channel = true
-symmetric_activations = true
-
-[parity]
-max_rel_error = 1.0
-min_cosine = 0.98
-"""
-
-
 @pytest.fixture(scope="module")
-def int8_recipe(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("recipe") / "int8-kl.toml"
-    path.write_text(INT8_KL)
-    return path
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, one_torch_thread, int8_recipe) -> Path:
-    """demo:digits on android-mnn with every MNN precision attempted in turn (full int8 first, then the profile's
-    own chain); the gate picks the first that passes."""
-    result = api.export("demo:digits", [TARGET], out=tmp_path_factory.mktemp("bundle"),
-                        recipe_chain=[int8_recipe, "int8-dynamic", "fp16", "fp32"])
+def bundle(tmp_path_factory, one_torch_thread) -> Path:
+    """demo:digits on android-mnn with the profile's own chain: full int8 (int8-entropy) first, then weight-only
+    int8, fp16, fp32; the gate picks the first that passes."""
+    result = api.export("demo:digits", [TARGET], out=tmp_path_factory.mktemp("bundle"))
     assert result.manifest["targets"][TARGET]["status"] == "ok", result.manifest["targets"][TARGET].get("error")
     return result.bundle
-
-
-@pytest.fixture(scope="module")
-def fp_bundle(tmp_path_factory, one_torch_thread) -> Path:
-    """The profile's own chain on its own: int8-dynamic ships, fp16 and fp32 are not tried once it passes."""
-    return api.export("demo:digits", [TARGET], out=tmp_path_factory.mktemp("fp")).bundle
 
 
 def _import(path: Path):
@@ -90,12 +56,12 @@ def _host_predictor(bundle: Path):
 
 def test_full_int8_through_mnnquant_ships_with_parity(bundle):
     entry = read_manifest(bundle)["targets"][TARGET]
-    assert entry["recipe"] == "int8-kl"
+    assert entry["recipe"] == "int8-entropy"
     artifact = entry["artifact"]
     assert artifact["format"] == "mnn" and artifact["path"].endswith("model.mnn")
     assert artifact["settings"]["quantizer"].startswith("MNN quantized.out")
     assert artifact["settings"]["feature_quantize_method"] == "KL"
-    assert artifact["settings"]["calibration_samples"] == 64
+    assert artifact["settings"]["calibration_samples"] == 128
     assert entry["parity"]["passed"] and entry["parity"]["samples"] >= 8
     assert entry["parity"]["mean_cosine"] >= 0.99 and entry["parity"]["top1_agreement"] >= 0.95
     assert entry["gate"]["passed"] and entry["gate"]["drop"] <= 0.01
@@ -105,8 +71,8 @@ def test_full_int8_through_mnnquant_ships_with_parity(bundle):
     assert [o["name"] for o in artifact["outputs"]] == ["logits"]
 
 
-def test_weight_only_int8_is_the_profile_default(fp_bundle):
-    entry = read_manifest(fp_bundle)["targets"][TARGET]
+def test_weight_only_int8_is_the_profile_fallback(tmp_path, one_torch_thread):
+    entry = api.export("demo:digits", [TARGET], out=tmp_path, recipe_chain=["int8-dynamic"]).manifest["targets"][TARGET]
     assert entry["recipe"] == "int8-dynamic"
     assert entry["artifact"]["settings"]["converter_options"] == ["--weightQuantBits", "8"]
     assert entry["parity"]["passed"] and entry["parity"]["mean_cosine"] >= 0.999
@@ -178,12 +144,12 @@ def test_graph_ops_in_mnn_vocabulary(bundle):
     assert (first.kernel, first.stride, first.dilation, first.channels) == (3, 1, 1, 16)
 
 
-def test_recipes_mnn_cannot_honour_are_refused_with_the_reason(recipes, int8_recipe):
+def test_recipes_mnn_cannot_honour_are_refused_with_the_reason(recipes):
     exporter = get_exporter("mnn")
     assert "entropy" in exporter.refusal(recipes.get("int8"))  # min-max asymmetric: not offered by mnnquant
     assert exporter.refusal(recipes.get("int8-full")) is not None
     assert "precision" in exporter.refusal(recipes.get("int4-weight"))
-    kl = load_recipe_file(int8_recipe)
+    kl = recipes.get("int8-entropy")
     assert exporter.refusal(kl) is None
     asymmetric = kl.model_copy(update={"quantization": kl.quantization.model_copy(update={"symmetric_activations": False})})
     assert "symmetric" in exporter.refusal(asymmetric)
@@ -235,13 +201,13 @@ def test_bundle_snippet_runs(bundle):
     assert "logits: float32 [1, 10]" in done.stdout
 
 
-def test_dynamic_batch_int8_runs_one_sample_at_a_time(tmp_path, one_torch_thread, registry, int8_recipe):
+def test_dynamic_batch_int8_runs_one_sample_at_a_time(tmp_path, one_torch_thread, registry):
     """With a free batch dim (a profile with dynamic shapes), full-int8 artifacts still run sample by sample, in
     the host predictor and in the generated runner, so a batch gives the per-sample values."""
     from edgepack.targets.registry import Registry
 
     dynamic = registry.get(TARGET).model_copy(update={"dynamic_shapes": True})
-    result = api.export("demo:digits", [TARGET], out=tmp_path / "out", recipe_chain=[int8_recipe],
+    result = api.export("demo:digits", [TARGET], out=tmp_path / "out", recipe_chain=["int8-entropy"],
                         registry=Registry({TARGET: dynamic}))
     entry = result.manifest["targets"][TARGET]
     assert entry["status"] == "ok" and entry["artifact"]["inputs"][0]["shape"][0] == "batch"

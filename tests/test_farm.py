@@ -199,7 +199,7 @@ def test_dropped_database_connections_lose_nothing(postgres: pg_server.PgServer,
 
 @pytest.mark.slow
 def test_ray_cluster_gives_the_local_results(tmp_path: Path, exports: FarmExports) -> None:
-    pytest.importorskip("ray")
+    import ray  # noqa: F401  (a dev dependency)
     from ray.cluster_utils import Cluster
 
     from edgepack.farm.executors import RayExecutor

@@ -70,6 +70,30 @@ def test_calibration_cache_format(jetson_bundle):
     assert struct.unpack(">f", bytes.fromhex(entries["image"]))[0] == pytest.approx(1 / 127, rel=1e-3)
 
 
+def _activation_scales(model: onnx.ModelProto) -> dict[str, float]:
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits and inits[n.input[1]].size == 1}
+
+
+def test_the_recipes_calibration_method_sets_the_qdq_scales_and_the_cache(tmp_path, jetson_bundle):
+    """int8-mse ranges (and the calibration cache) come from the MSE search, not min-max (TensorRT used min-max
+    whatever the recipe said)."""
+    result = api.export("demo:digits", ["jetson-orin-nano"], out=tmp_path, recipe_chain=["int8-mse"])
+    entry = result.manifest["targets"]["jetson-orin-nano"]
+    assert entry["status"] == "ok" and entry["artifact"]["settings"]["calibration"] == "mse", entry.get("attempts")
+    assert jetson_bundle.manifest["targets"]["jetson-orin-nano"]["artifact"]["settings"]["calibration"] == "minmax"
+    mse = _activation_scales(onnx.load(str(result.bundle / entry["artifact"]["path"])))
+    minmax_entry = jetson_bundle.manifest["targets"]["jetson-orin-nano"]["artifact"]
+    minmax = _activation_scales(onnx.load(str(jetson_bundle.bundle / minmax_entry["path"])))
+    shared = sorted(set(mse) & set(minmax))
+    assert shared and any(mse[t] < minmax[t] * 0.99 for t in shared), (mse, minmax)  # MSE clips outliers
+    assert all(mse[t] <= minmax[t] * 1.0001 for t in shared)
+    caches = [(bundle / "artifacts/jetson-orin-nano/calibration.cache").read_text()
+              for bundle in (result.bundle, jetson_bundle.bundle)]
+    assert caches[0] != caches[1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mobilenet_v2", "resnet18"])
 def test_torchvision_models_export_for_jetson(tmp_path, model):
@@ -126,3 +150,14 @@ def test_engine_is_built_and_timed_only_where_trtexec_and_a_gpu_exist(tmp_path, 
     fake.write_text("#!/bin/sh\necho 'Error: cuda initialization failure' >&2\nexit 1\n")
     failed = build_and_time(tmp_path, command, trtexec=str(fake), gpu=True, jetson=False)
     assert failed["built_here"] is False and "cuda initialization failure" in failed["reason"]
+
+
+def test_recipes_tensorrt_cannot_honour_are_refused_with_the_reason():
+    from edgepack.compress.recipe import load_recipes
+    from edgepack.exporters.registry import get_exporter
+
+    book, exporter = load_recipes(), get_exporter("tensorrt")
+    assert "int16 activations" in exporter.refusal(book.get("int8-a16w8"))  # was exported as int8, silently
+    assert "integer I/O" in exporter.refusal(book.get("int8-full"))
+    for name in ("int8", "int8-mse", "int8-entropy", "fp16", "fp32"):
+        assert exporter.refusal(book.get(name)) is None, name

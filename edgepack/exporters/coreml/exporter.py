@@ -175,6 +175,9 @@ class CoreMlExporter(Exporter):
             return "Core ML W8A8 keeps float model I/O and int8 activations (no integer I/O, no int16 activations)"
         if recipe.precision == "int8" and recipe.exclude:
             return "Core ML W8A8 quantizes every activation; per-layer exclusions are not implemented"
+        if recipe.precision == "int8" and recipe.calibration.method != "minmax":
+            return (f"Core ML W8A8 calibrates max-abs ranges; calibration method '{recipe.calibration.method}' "
+                    "is not offered")
         if recipe.precision not in COMPUTE_PRECISION:
             return f"precision '{recipe.precision}' is not implemented for coreml"
         return None

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgepack.compress.quantize import QuantizationPlan, has_vnni
 
-_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MinMax"}
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MinMax"}
 """edgepack method -> ONNX Runtime CalibrationMethod (mse: ranges from :mod:`edgepack.compress.calibration`,
 handed to ORT as per-tensor overrides on top of a min-max pass)."""
 
@@ -43,8 +43,8 @@ def unsupported_reason(plan: QuantizationPlan) -> str | None:
             return f"weight-only method '{plan.recipe.weight_only.method}' is not offered by ONNX Runtime's MatMulNBits quantizer"
         return None
     method = plan.recipe.calibration.method
-    if plan.static and method not in _CALIBRATION_METHODS:
-        return f"calibration method '{method}' is not offered by ONNX Runtime (use {', '.join(_CALIBRATION_METHODS)})"
+    if plan.static and method not in CALIBRATION_METHODS:
+        return f"calibration method '{method}' is not offered by ONNX Runtime (use {', '.join(CALIBRATION_METHODS)})"
     if plan.recipe.quantization.activations == "int16":
         return "int16 activations are not implemented for onnxruntime"
     if plan.recipe.quantization.io != "float":
@@ -88,7 +88,7 @@ def _quiet_root_logger() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _mse_overrides(model: Path, plan: QuantizationPlan, symmetric: bool) -> dict[str, list[dict[str, object]]]:
+def mse_overrides(model: Path, plan: QuantizationPlan, symmetric: bool) -> dict[str, list[dict[str, object]]]:
     """Per-activation ``rmin``/``rmax`` minimising the quantization MSE, from histograms of the calibration data."""
     import tempfile
 
@@ -146,12 +146,12 @@ def _int8(src: Path, dst: Path, plan: QuantizationPlan) -> dict[str, object]:
     method = plan.recipe.calibration.method
     extra: dict[str, object] = {"CalibPercentile": plan.recipe.calibration.percentile} if method == "percentile" else {}
     if method == "mse":
-        extra["TensorQuantOverrides"] = _mse_overrides(prepared, plan, q.symmetric_activations)
+        extra["TensorQuantOverrides"] = mse_overrides(prepared, plan, q.symmetric_activations)
     activation_type = QuantType.QInt8 if q.symmetric_activations else QuantType.QUInt8
     quantize_static(
         str(prepared), str(dst), _Reader(plan), quant_format=QuantFormat.QDQ, per_channel=q.per_channel,
         reduce_range=reduce_range, activation_type=activation_type, weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, _CALIBRATION_METHODS[method]), nodes_to_exclude=excluded,
+        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]), nodes_to_exclude=excluded,
         extra_options={"ActivationSymmetric": q.symmetric_activations, **extra},
     )
     prepared.unlink()

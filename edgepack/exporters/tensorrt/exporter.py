@@ -27,6 +27,7 @@ from edgepack.contract.metadata import Contract
 from edgepack.exporters.base import Arrays, Artifact, Capabilities, Exporter, NotRunnable, Packaging, Predictor
 from edgepack.exporters.onnx.hub import export_onnx, is_prequantized
 from edgepack.exporters.onnx.graph import onnx_graph_ops
+from edgepack.exporters.ort.quant import CALIBRATION_METHODS
 from edgepack.models.source import ModelSource, TensorSpec
 from edgepack.targets.placement import GraphOp
 from edgepack.targets.schema import TargetProfile
@@ -107,10 +108,19 @@ def write_calibration_cache(path: Path, ranges: dict[str, tuple[float, float]]) 
 
 
 def _activation_ranges(hub: Path, quantization: QuantizationPlan, workdir: Path) -> dict[str, tuple[float, float]]:
+    """Per-tensor activation ranges of the fp32 graph by the recipe's calibration method (what the QDQ model uses)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
+    from edgepack.exporters.ort.quant import mse_overrides
+
+    method = quantization.recipe.calibration.method
+    if method == "mse":
+        return {name: (float(o[0]["rmin"]), float(o[0]["rmax"]))
+                for name, o in mse_overrides(hub, quantization, symmetric=True).items()}
+    extra = {"percentile": quantization.recipe.calibration.percentile, "symmetric": True} if method == "percentile" else {}
     calibrator = create_calibrator(str(hub), augmented_model_path=str(workdir / "augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.MinMax)
+                                   calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                                   extra_options=extra)
     batches = iter(quantization.calibration_batches())
 
     class Reader:
@@ -127,20 +137,31 @@ def _quantize_explicit(hub: Path, dst: Path, quantization: QuantizationPlan) -> 
     """QDQ the way TensorRT consumes it: symmetric int8 activations and weights, per-channel weights."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
-    from edgepack.exporters.ort.quant import _excluded_nodes, _quiet_root_logger, _Reader, pre_process_in_workdir
+    from edgepack.exporters.ort.quant import (
+        _excluded_nodes,
+        mse_overrides,
+        _quiet_root_logger,
+        _Reader,
+        pre_process_in_workdir,
+    )
 
+    calibration = quantization.recipe.calibration
     with _quiet_root_logger():
         prepared = dst.with_name("preprocessed.onnx")
         pre_process_in_workdir(quant_pre_process, hub, prepared, skip_optimization=True)
+        extra: dict[str, object] = {"CalibPercentile": calibration.percentile} if calibration.method == "percentile" else {}
+        if calibration.method == "mse":
+            extra["TensorQuantOverrides"] = mse_overrides(prepared, quantization, symmetric=True)
         quantize_static(
             str(prepared), str(dst), _Reader(quantization), quant_format=QuantFormat.QDQ, per_channel=True,
             reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=_excluded_nodes(prepared, quantization.exclude),
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration.method]),
+            nodes_to_exclude=_excluded_nodes(prepared, quantization.exclude),
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, **extra},
         )
         prepared.unlink()
     return {"quantization": "explicit QDQ (symmetric int8, per-channel weights, per-tensor activations)",
-            "calibration_samples": quantization.recipe.calibration.samples}
+            "calibration": calibration.method, "calibration_samples": calibration.samples}
 
 
 def _sparse(source: ModelSource) -> bool:
@@ -170,6 +191,11 @@ class TensorRtExporter(Exporter):
             return f"precision '{recipe.precision}' is not implemented for tensorrt"
         if recipe.precision == "int8" and recipe.quantization.io != "float":
             return "TensorRT keeps float model I/O; integer I/O is not offered"
+        if recipe.precision == "int8" and recipe.quantization.activations != "int8":
+            return (f"{recipe.quantization.activations} activations are not offered: the QDQ graph TensorRT builds from "
+                    "has int8 activations")
+        if recipe.precision == "int8" and recipe.calibration.method not in CALIBRATION_METHODS:
+            return f"calibration method '{recipe.calibration.method}' is not offered (use {', '.join(CALIBRATION_METHODS)})"
         return None
 
     def export(
