@@ -2,7 +2,8 @@
 
 The source's ONNX hub graph runs on ONNX Runtime with every node output exposed; the artifact's runtime
 exposes the same tensors (:meth:`edgepack.exporters.base.Exporter.intermediate_values`: ONNX Runtime by tensor
-name, OpenVINO through the ONNX tensor names its IR keeps). Tensors are compared in the hub's topological
+name, OpenVINO through the ONNX tensor names its IR keeps, LiteRT by matching its ops to the source's layers,
+:mod:`edgepack.exporters.tflite.intermediates`). Tensors are compared in the hub's topological
 order under the recipe's parity tolerance; the first one past it names the layer where the artifact went
 wrong (everything downstream inherits the error). Written to ``reports/<target>/divergence.json``.
 """
@@ -82,7 +83,7 @@ def find_divergence(
     reference = onnx_values(hub, [name for name, _ in producers], feeds)
     floats = [(name, node) for name, node in producers
               if name in reference and np.issubdtype(reference[name].dtype, np.floating) and reference[name].size > 1]
-    actual = exporter.intermediate_values(artifact, [name for name, _ in floats], feeds)
+    actual = exporter.intermediate_values(artifact, [name for name, _ in floats], feeds, hub=hub)
     if actual is None:
         return DivergenceReport(exporter.runtime, limits, 0, None,
                                 note=f"{exporter.runtime} does not expose intermediate tensors here")

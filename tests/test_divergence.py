@@ -86,3 +86,63 @@ def test_the_export_summary_shows_the_divergence_line():
              "divergence": {"recipe": "fp32", "summary": f"first divergent layer: {BROKEN} (Conv), rel err 3.5e+00"}}
     lines = _attempt_lines("host-ort", entry, cached=False)
     assert lines[-1] == f"  fp32 first divergent layer: {BROKEN} (Conv), rel err 3.5e+00 (reports/host-ort/divergence.json)"
+
+
+def _break_second_conv_in_tflite(path) -> None:
+    """Negate and double the filter of the artifact's second CONV_2D (LiteRT's own flatbuffer schema)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(path.read_bytes(), 0))
+    graph = model.subgraphs[0]
+    conv_code = next(i for i, code in enumerate(model.operatorCodes)
+                     if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.CONV_2D)
+    second = [op for op in graph.operators if op.opcodeIndex == conv_code][1]
+    buffer = model.buffers[graph.tensors[second.inputs[1]].buffer]
+    weights = np.frombuffer(bytes(buffer.data), dtype=np.float32) * -2.0
+    buffer.data = np.frombuffer(weights.astype(np.float32).tobytes(), dtype=np.uint8)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+
+
+def test_litert_layers_are_matched_to_the_source_and_a_broken_one_is_named(tmp_path, monkeypatch):
+    from edgepack.exporters.tflite.exporter import TfliteExporter
+
+    export = TfliteExporter.export
+
+    def broken_export(self, source, profile, recipe, calib, workdir):
+        artifact = export(self, source, profile, recipe, calib, workdir)
+        _break_second_conv_in_tflite(artifact.path)
+        return artifact
+
+    monkeypatch.setattr(TfliteExporter, "export", broken_export)
+    result = api.export("demo:digits", ["android-pixel8"], out=tmp_path, recipe_chain=["fp32"], cache=False)
+    entry = result.manifest["targets"]["android-pixel8"]
+    assert entry["status"] == "failed" and "parity" in entry["error"]
+    report = json.loads((result.bundle / "reports/android-pixel8/divergence.json").read_text())
+    first = report["first"]
+    assert report["runtime"] == "tflite" and first is not None, report
+    assert BROKEN in first["span"] and first["cosine"] < 0.9, first
+    before = report["layers"][: report["layers"].index(first)]
+    assert before and not any(layer["diverged"] for layer in before)  # the first conv still agrees
+    assert BROKEN in entry["divergence"]["summary"]
+
+
+def test_an_intact_litert_artifact_does_not_diverge(tmp_path):
+    from edgepack.compress.recipe import load_recipes
+    from edgepack.exporters.tflite.exporter import TfliteExporter
+    from edgepack.targets.registry import load_registry
+
+    source = load_source("demo:digits")
+    hub = export_onnx(source, tmp_path / "hub", dynamic=False)
+    exporter = TfliteExporter()
+    book, profile = load_recipes(), load_registry().get("android-pixel8")
+    feeds = source.extra["eval"].batch(0)  # in the calibrated range: int8 of out-of-range noise saturates by design
+    fp32 = exporter.export(source, profile, book.get("fp32"), None, tmp_path / "fp32")
+    report = find_divergence(hub, exporter, fp32, feeds, book.get("fp32").parity)
+    assert report.compared >= 4 and report.first is None, report.summary()
+    int8 = exporter.export(source, profile, book.get("int8"), source.extra["calib"], tmp_path / "int8")
+    quantized = find_divergence(hub, exporter, int8, feeds, book.get("int8").parity)
+    assert quantized.compared >= 4 and quantized.first is None, quantized.summary()  # int8 noise, not a break
+    assert all(layer.cosine > 0.98 for layer in quantized.layers)

@@ -299,10 +299,11 @@ class Exporter(ABC):
         return list(layers)
 
     def intermediate_values(
-        self, artifact: Artifact, tensors: list[str], feeds: Arrays
+        self, artifact: Artifact, tensors: list[str], feeds: Arrays, *, hub: Path
     ) -> dict[str, np.ndarray] | None:
-        """The artifact's values of the source (ONNX hub) tensors ``tensors`` for ``feeds`` (those it can
-        find), for the first-divergent-layer report; ``None`` when this runtime cannot expose them here."""
+        """The artifact's values of the source (ONNX hub at ``hub``) tensors ``tensors`` for ``feeds`` (those it
+        can find, in the source's layout), for the first-divergent-layer report; ``None`` when this runtime cannot
+        expose them here."""
         return None
 
     def graph_ops(self, path: Path, fmt: str) -> list["GraphOp"]:

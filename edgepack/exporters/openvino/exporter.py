@@ -79,7 +79,8 @@ class OpenVinoExporter(OnnxHubExporter):
         except ImportError:
             return NotRunnable("openvino is not installed: pip install openvino")
 
-    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays) -> dict[str, np.ndarray]:
+    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays, *,
+                            hub: Path) -> dict[str, np.ndarray]:
         """The IR keeps the ONNX tensor names on the outputs of the ops that compute them: each is made a model
         output (names the conversion folded away are skipped) and read back in float32 precision."""
         import openvino as ov

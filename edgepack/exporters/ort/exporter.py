@@ -101,7 +101,8 @@ class OrtExporter(OnnxHubExporter):
         except ImportError:
             return NotRunnable("onnxruntime is not installed: pip install onnxruntime")
 
-    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays) -> dict[str, np.ndarray]:
+    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays, *,
+                            hub: Path) -> dict[str, np.ndarray]:
         """Tensors keep their ONNX names in the artifact (those fused away by the offline optimisation are absent)."""
         from edgepack.exporters.onnx.hub import onnx_values
 

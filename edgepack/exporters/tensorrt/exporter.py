@@ -253,7 +253,8 @@ class TensorRtExporter(Exporter):
         except ImportError:
             return NotRunnable("needs an NVIDIA GPU with TensorRT; onnxruntime (the CPU proxy) is not installed either")
 
-    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays) -> dict[str, np.ndarray]:
+    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays, *,
+                            hub: Path) -> dict[str, np.ndarray]:
         """On the ONNX Runtime proxy, as parity runs: the QDQ graph keeps the source's tensor names."""
         from edgepack.exporters.onnx.hub import onnx_values
 

@@ -222,6 +222,13 @@ class TfliteExporter(Exporter):
             return NotRunnable("ai-edge-litert is not installed: pip install ai-edge-litert")
         return TflitePredictor(artifact.path, artifact.settings, threads=self.threads)
 
+    def intermediate_values(self, artifact: Artifact, tensors: list[str], feeds: Arrays, *,
+                            hub: Path) -> dict[str, np.ndarray]:
+        """Matched op by op on the LiteRT builtin kernels (:mod:`edgepack.exporters.tflite.intermediates`)."""
+        from edgepack.exporters.tflite.intermediates import artifact_values
+
+        return artifact_values(hub, artifact.path, artifact.settings, tensors, feeds)
+
     def graph_ops(self, path: Path, fmt: str) -> list[GraphOp]:
         return tflite_graph_ops(path)
 

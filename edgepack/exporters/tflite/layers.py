@@ -115,9 +115,12 @@ def _builtin_interpreter(tflite_path: Path, *, preserve_all_tensors: bool) -> An
     return interpreter
 
 
-def tflite_values(tflite_path: Path, feeds: Mapping[str, np.ndarray], signature: str | None) -> list[_TfliteOutput]:
+def tflite_values(
+    tflite_path: Path, feeds: Mapping[str, np.ndarray], signature: str | None, *, dequantize: bool = False
+) -> list[_TfliteOutput]:
     """Every float op output of ``tflite_path`` for ``feeds`` (keyed by signature input name, artifact
-    layout), in execution order, computed by the builtin kernels with all intermediates preserved."""
+    layout), in execution order, computed by the builtin kernels with all intermediates preserved. With
+    ``dequantize``, integer op outputs that carry quantization parameters are included too, as real values."""
     interpreter = _builtin_interpreter(tflite_path, preserve_all_tensors=True)
     if signature is not None:
         indices = {n: d["index"] for n, d in interpreter.get_signature_runner(signature).get_input_details().items()}
@@ -132,11 +135,26 @@ def tflite_values(tflite_path: Path, feeds: Mapping[str, np.ndarray], signature:
         if op["op_name"] in SKIPPED_TFLITE_OPS:
             continue
         for index in op["outputs"]:
-            if index < 0 or not np.issubdtype(details[index]["dtype"], np.floating):
+            if index < 0:
+                continue
+            value = _real_value(details[index], np.array(interpreter.get_tensor(index))) if dequantize else None
+            if value is None and not np.issubdtype(details[index]["dtype"], np.floating):
                 continue
             outputs.append(_TfliteOutput(position, op["op_name"], details[index]["name"],
-                                         np.array(interpreter.get_tensor(index))))
+                                         value if value is not None else np.array(interpreter.get_tensor(index))))
     return outputs
+
+
+def _real_value(detail: Mapping[str, Any], value: np.ndarray) -> np.ndarray | None:
+    """A float tensor as it is; an integer one with one scale as ``(q - zero_point) * scale``; else ``None``."""
+    if np.issubdtype(value.dtype, np.floating):
+        return value
+    quant = detail.get("quantization_parameters") or {}
+    scales, zero_points = np.asarray(quant.get("scales", ())), np.asarray(quant.get("zero_points", ()))
+    if scales.size != 1:
+        return None
+    return ((value.astype(np.float64) - float(zero_points.reshape(-1)[0] if zero_points.size else 0)) * float(scales[0])
+            ).astype(np.float32)
 
 
 def _layouts(reference: np.ndarray, shape: tuple[int, ...]) -> Iterator[np.ndarray]:

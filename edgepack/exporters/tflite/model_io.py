@@ -566,7 +566,8 @@ class TflitePredictor(Predictor):
         parts = [self._run_once({k: v[i : i + step] for k, v in arrays.items()}) for i in range(0, total, step)]
         return {name: np.concatenate([part[name] for part in parts], axis=0) for name in self._output_map}
 
-    def _feeds(self, arrays: Arrays) -> dict[str, np.ndarray]:
+    def artifact_feeds(self, arrays: Arrays) -> dict[str, np.ndarray]:
+        """Source-named, source-layout inputs as the artifact takes them (transposed, quantized when integer)."""
         feeds: dict[str, np.ndarray] = {}
         for source_name, entry in self._input_map.items():
             name = entry["name"]
@@ -585,7 +586,7 @@ class TflitePredictor(Predictor):
     def run_raw(self, arrays: Arrays) -> Arrays:
         """One static batch: source-keyed inputs in, the artifact's own outputs (names, layout) out, as
         real values (integer outputs dequantized)."""
-        feeds = self._feeds(arrays)
+        feeds = self.artifact_feeds(arrays)
         if self._runner is not None:
             return {name: self._real(name, value) for name, value in self._runner(**feeds).items()}
         for name, value in feeds.items():
