@@ -1,8 +1,7 @@
-"""ONNX Runtime quantization the way that is fast on CPU, measured on these machines:
-``quant_pre_process`` (shape inference + graph optimisation) first, then QDQ with uint8 activations and
-int8 per-channel weights. The peers' default (QDQ S8S8 per-tensor, no pre-processing) ran at 0.6-0.8x
-the speed of fp32; this layout ran at 1.3-1.8x (docs/benchmarks.md). Without VNNI, weights use ``reduce_range``
-(7-bit) to avoid the u8*s8 saturation of AVX2 kernels.
+"""ONNX Runtime quantization in the layout that is fast on CPU: ``quant_pre_process`` (shape inference + graph
+optimisation) first, then QDQ with uint8 activations and int8 per-channel weights (the peers' default, QDQ S8S8
+per-tensor without pre-processing, is slower than fp32; docs/benchmarks.md has the side-by-side ratios). Without
+VNNI, weights use ``reduce_range`` (7-bit) to avoid the u8*s8 saturation of AVX2 kernels.
 """
 
 from __future__ import annotations

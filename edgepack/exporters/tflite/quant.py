@@ -32,50 +32,9 @@ file for its own checks, and edgepack's data is already model-ready, so mean 0 /
 is (onnx2tf's ImageNet ``quant_norm_mean``/``quant_norm_std`` only apply to its downloaded sample
 images, which the worker never lets it fetch).
 
-Speed under the LiteRT interpreter (ai-edge-litert 2.3, onnx2tf 1.28.8, batch 1, 2 threads unless
-said), measured on a 2-core AVX2 machine (AMD EPYC, no AVX-512/VNNI) shared with other jobs, so only
-ratios timed side by side mean anything (fp32 ms / int8 ms of the same model; above 1 = int8 faster;
-torchvision models random-init with BatchNorm statistics re-estimated on random data so activations
-neither vanish nor explode, calibration = random normal arrays):
-
-=========================  ==========  ============  ==========  ============  ===========
-model                      int8        int8 full     int8        dynamic       a16w8
-                           per-chan.   (int8 I/O)    per-tensor  range
-=========================  ==========  ============  ==========  ============  ===========
-demo:digits                0.87-1.35   0.54-0.61     0.92-1.05   1.07          0.10-0.23
-mobilenet_v2 (224)         0.94-1.03   0.89-1.07     0.95-1.00   0.45-0.50     0.03
-resnet18 (224)             0.89-0.97   0.78-0.96     0.86-1.09   0.92-1.12     0.04
-mobilenet_v3_small (224)   0.69        0.57          0.56        0.56          0.06
-=========================  ==========  ============  ==========  ============  ===========
-
-What decides these numbers:
-
-* The default op resolver (``AUTO``) applies XNNPACK to int8 models too (QS8/QC8 kernels): without it
-  (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``) int8 mobilenet_v2 ran 155 ms instead of 15 ms. So the predictor
-  keeps the default resolver. ``experimental_default_delegate_latest_features=True`` changed nothing
-  beyond the noise (interleaved in one process) and prints an extra ``ERROR: Subgraph reshaping ...``
-  line, so it stays off. One thread or two: the same ratios.
-* Where XNNPACK takes the whole int8 graph (one delegate partition), static int8 runs at about the
-  speed of fp32 on this machine, per-channel and per-tensor alike (QC8 and QS8 kernels), full-integer
-  and float-I/O alike: without VNNI, XNNPACK's int8 GEMMs widen to 16 bits and are no faster than its
-  AVX2/FMA fp32 ones. No interpreter option changes that; int8 pays off on ARM cores with dot-product
-  instructions (the phone and Pi targets) and on VNNI x86, which the host latency gate cannot see here.
-  Per-channel stays the default for accuracy (per-tensor depthwise weights are known to lose
-  accuracy on trained MobileNets; not measured here). The full-integer predictor also quantizes and
-  dequantizes in numpy (about 0.3 ms at 224x224x3).
-* What makes onnx2tf int8 much *slower* than fp32 is XNNPACK refusing single ops, which splits the graph
-  into partitions with builtin-kernel islands between them. XNNPACK in 2.3 has no int8
-  ``AVERAGE_POOL_2D`` or ``HARD_SWISH`` and no ``RELU_0_TO_1`` at all: mobilenet_v3_small full-int8 had
-  29 partitions (0.25x fp32), the digits CNN's final 4x4 average pool cut its int8 graph in two
-  (0.35x). The worker therefore converts whole-input ``AveragePool`` as ``GlobalAveragePool`` (LiteRT
-  ``MEAN``, which XNNPACK runs in int8) and ``HardSigmoid`` as ``Clip(6ax + 6b, 0, 6) / 6`` (ADD+RELU6+MUL,
-  which made mobilenet_v3_small's fp32 graph one partition and 1.3x faster). ``HardSwish`` is left as
-  ``HARD_SWISH`` (19 int8 islands remain in mobilenet_v3_small): decomposing it gave one int8 partition
-  and 1.2x faster int8, still slower than the fp32 graph with its fused float ``HARD_SWISH``.
-* Dynamic-range int8: XNNPACK runs CONV_2D/FULLY_CONNECTED with on-the-fly activation quantization but
-  not the hybrid DEPTHWISE_CONV_2D (left to builtin hybrid kernels), hence 0.45x on MobileNets.
-* int16 activations (a16w8) have no XNNPACK kernels at all (reference kernels, 4-30x slower than fp32):
-  that recipe is for the Qualcomm HTP delegate; a host latency gate rejects it.
+Speed: int8 is not faster than fp32 under the LiteRT interpreter on x86 without VNNI; why (XNNPACK partitions,
+the int8 ops it lacks, the graph rewrites the worker makes for it) and the measured ratios are in
+docs/benchmarks.md ("LiteRT int8 on x86").
 """
 
 from __future__ import annotations
