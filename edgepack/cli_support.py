@@ -1,6 +1,6 @@
 """What every ``edgepack`` subcommand shares: the error envelope (one line on stderr, the error's exit code, the
 ``--json`` envelope), target-list parsing and the console. :mod:`edgepack.cli` and the subsystem CLIs
-(``package``, ``farm``, ``search``) import it; it imports none of them."""
+(``package``, ``farm``, ``search``, ``toolchains``) import it; it imports none of them."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from edgepack.cli import app
 from edgepack.exporters import registry
 from edgepack.targets.registry import load_registry
+from edgepack.errors import UnsupportedError
 from edgepack.toolchains.report import doctor, parse_cpuinfo, runtime_statuses
 
 
@@ -74,3 +75,48 @@ def test_a_vendor_tool_on_path_is_found(tmp_path: Path, monkeypatch: pytest.Monk
     status = next(s for s in runtime_statuses(load_registry()) if s.runtime == "tensorrt")
     assert status.tools == {"trtexec": str(tool)}
     assert not any(note.startswith("tensorrt: trtexec") for note in doctor(load_registry()).notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# toolchains in their own venv
+# --------------------------------------------------------------------------------------------------
+
+
+def test_an_isolated_toolchain_installs_from_the_registry_and_borrows_from_edgepack(tmp_path, monkeypatch):
+    import subprocess
+
+    from edgepack.exporters.base import IsolatedEnv
+    from edgepack.toolchains.isolated import TOOLCHAINS_ENV, env_dir, install, installed_versions, python_for
+
+    monkeypatch.setenv(TOOLCHAINS_ENV, str(tmp_path / "toolchains"))
+    env = IsolatedEnv("tiny", requirements=("six==1.16.0",), borrowed=("numpy",), check="import six, numpy")
+    with pytest.raises(UnsupportedError, match="the tiny toolchain is not installed") as info:
+        python_for(env)
+    assert info.value.hint == "edgepack toolchains install tiny"
+    versions = install(env)
+    assert versions["six"] == "1.16.0" and installed_versions(env) == versions
+    python = python_for(env)
+    assert python.is_relative_to(env_dir(env))
+    done = subprocess.run([str(python), "-c", "import six, numpy, sys; print(six.__file__); print(numpy.__version__)"],
+                          capture_output=True, text=True, check=True)
+    six_file, numpy_version = done.stdout.split()
+    assert Path(six_file).is_relative_to(env_dir(env)) and numpy_version == metadata.version("numpy")
+    assert sorted(p.name for p in env_dir(env).parent.iterdir()) == ["tiny"]  # the staging folder is gone
+
+
+def test_a_failed_install_leaves_nothing_that_looks_installed(tmp_path, monkeypatch):
+    from edgepack.errors import EnvironmentFailure
+    from edgepack.exporters.base import IsolatedEnv
+    from edgepack.toolchains.isolated import TOOLCHAINS_ENV, env_dir, install, installed_versions
+
+    monkeypatch.setenv(TOOLCHAINS_ENV, str(tmp_path / "toolchains"))
+    env = IsolatedEnv("broken", requirements=("six==1.16.0",), check="import module_that_does_not_exist")
+    with pytest.raises(EnvironmentFailure, match="the broken check failed: ModuleNotFoundError"):
+        install(env)
+    assert installed_versions(env) is None and not env_dir(env).exists()
+    assert list(env_dir(env).parent.iterdir()) == []
+
+
+def test_install_refuses_a_toolchain_that_is_not_isolated() -> None:
+    result = CliRunner().invoke(app, ["toolchains", "install", "onnxruntime"])
+    assert result.exit_code == 2 and "no toolchain named 'onnxruntime' runs in its own environment" in result.stderr

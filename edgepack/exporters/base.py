@@ -154,6 +154,24 @@ class BenchAdapter:
 
 
 @dataclass(frozen=True)
+class IsolatedEnv:
+    """A toolchain whose pins conflict with edgepack's environment: its own venv, created ahead of time by
+    ``edgepack toolchains install NAME`` from the package registry (an export never downloads)."""
+
+    name: str
+    requirements: tuple[str, ...]
+    """Pinned requirements installed with their dependencies."""
+    without_dependencies: tuple[str, ...] = ()
+    """Pinned requirements installed with ``--no-deps`` (their declared pins would pull what the venv must not
+    have, e.g. a multi-GB CUDA torch); what they import comes from :attr:`requirements` or :attr:`borrowed`."""
+    borrowed: tuple[str, ...] = ()
+    """Distributions the toolchain imports but only for names it does not use at run time, taken from edgepack's
+    own environment (appended to the venv's path, after its own packages) instead of installed again."""
+    check: str = ""
+    """Python source that must run in the venv once installed (an import of the toolchain)."""
+
+
+@dataclass(frozen=True)
 class Packaging:
     """How ``edgepack package`` and the bundle's snippets deliver one artifact format to one app platform."""
 
@@ -207,6 +225,8 @@ class Capabilities:
     must not share the export's interpreter), or ``own venv`` (pins that conflict with edgepack's)."""
     optional_tools: tuple[tuple[str, str], ...] = ()
     """``(program on PATH, what it adds here)`` for vendor tools the export uses when they are installed."""
+    isolated_env: IsolatedEnv | None = None
+    """The venv this runtime's toolchain runs in (``isolation = "own venv"``), or ``None``."""
     device_runners: frozenset[str] = frozenset()
     """Schemes of the device-bench runners that measure this runtime's artifacts on the device with the vendor's
     own tool (``adb``: LiteRT's benchmark_model; ``ios``: the Core ML XCTest harness)."""

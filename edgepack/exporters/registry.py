@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgepack.compress.recipe import Recipe
 from edgepack.errors import UnsupportedError
-from edgepack.exporters.base import Capabilities, Exporter, Packaging
+from edgepack.exporters.base import Capabilities, Exporter, IsolatedEnv, Packaging
 
 ENTRY_POINT_GROUP = "edgepack.exporters"
 
@@ -108,6 +108,12 @@ def packaging(fmt: str, platform: str) -> Packaging | None:
 def platform_formats(platform: str) -> tuple[str, ...]:
     """The artifact formats packaged for ``platform``, by name (the order targets are offered in)."""
     return tuple(fmt for fmt, where in _packaging() if where == platform)
+
+
+def isolated_envs() -> dict[str, IsolatedEnv]:
+    """``{name: IsolatedEnv}`` of the runtimes whose toolchain runs in its own venv."""
+    return {c.capabilities.isolated_env.name: c.capabilities.isolated_env for c in exporter_classes().values()
+            if c.capabilities.isolated_env is not None}
 
 
 def device_runner_formats(scheme: str) -> tuple[str, ...]:

@@ -36,8 +36,33 @@ def register(app: Any) -> None:
                 console.print(f"[bold]{status.runtime}[/bold]  {state}  ({status.isolation}; targets: "
                               f"{', '.join(status.targets) or 'none shipped'})", highlight=False)
                 console.print("  " + ", ".join(f"{d} {v}" for d, v in status.versions.items()), highlight=False)
+                if status.isolated is not None:
+                    console.print("  own venv: " + ", ".join(f"{d} {v}" for d, v in status.isolated.items()),
+                                  highlight=False)
                 for tool, path in status.tools.items():
                     console.print(f"  {tool}: {path or 'not on PATH'}", highlight=False)
+
+    @toolchains_app.command("install")
+    def toolchains_install(
+        name: Annotated[str, typer.Argument(help="Toolchain that runs in its own environment (see `toolchains list`).")],
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
+        """Create a toolchain's own venv from the package registry (for pins that conflict with edgepack's)."""
+        with user_errors("toolchains install" if as_json else None):
+            from edgepack.errors import InputError
+            from edgepack.exporters.registry import isolated_envs
+            from edgepack.toolchains.isolated import env_dir, install
+
+            envs = isolated_envs()
+            if name not in envs:
+                raise InputError(f"no toolchain named '{name}' runs in its own environment",
+                                 hint=f"known: {', '.join(sorted(envs)) or 'none'}; the others install with edgepack")
+            console = make_console(stderr=True)
+            versions = install(envs[name], progress=lambda line: None if as_json else console.print(line, highlight=False))
+            if as_json:
+                print_envelope("toolchains install", {"name": name, "path": str(env_dir(envs[name])), "versions": versions})
+            else:
+                console.print(f"installed {name} in {env_dir(envs[name])}", highlight=False)
 
     @toolchains_app.command("doctor")
     def toolchains_doctor(

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack.exporters.base import Toolchain
+from edgepack.exporters.base import IsolatedEnv, Toolchain
 from edgepack.exporters.registry import exporter_classes
 from edgepack.targets.registry import Registry
+from edgepack.toolchains.isolated import installed_versions
 
 ISA_FLAGS = {
     "avx2": "AVX2",
@@ -46,6 +47,9 @@ class RuntimeStatus:
     """Optional vendor tool -> its path here (``None``: not installed)."""
     tool_notes: dict[str, str]
     targets: list[str]
+    isolated: dict[str, str] | None = None
+    """Versions in the runtime's own venv (``isolation = "own venv"``); ``None`` when it has none or it is not
+    installed (then :attr:`missing` names the install command)."""
 
     @property
     def ready(self) -> bool:
@@ -83,16 +87,32 @@ def runtime_statuses(registry: Registry) -> list[RuntimeStatus]:
     for runtime, cls in sorted(exporter_classes().items()):
         toolchain = Toolchain.of(*cls.distributions)
         caps = cls.capabilities
+        missing = dict(toolchain.missing)
+        isolated = _pinned_versions(caps.isolated_env) if caps.isolated_env is not None else None
+        if caps.isolated_env is not None and isolated is None:
+            missing[f"{caps.isolated_env.name} environment"] = f"edgepack toolchains install {caps.isolated_env.name}"
         out.append(RuntimeStatus(
             runtime=runtime,
             isolation=caps.isolation,
             versions=dict(toolchain.versions),
-            missing=dict(toolchain.missing),
+            missing=missing,
+            isolated=isolated,
             tools={tool: shutil.which(tool) for tool, _ in caps.optional_tools},
             tool_notes=dict(caps.optional_tools),
             targets=sorted(p.id for p in registry if p.runtime == runtime),
         ))
     return out
+
+
+def _pinned_versions(env: IsolatedEnv) -> dict[str, str] | None:
+    """Installed versions of the venv's own requirements (not their dependencies), or ``None``."""
+    from packaging.requirements import Requirement
+
+    installed = installed_versions(env)
+    if installed is None:
+        return None
+    names = [Requirement(spec).name.lower().replace("_", "-") for spec in (*env.requirements, *env.without_dependencies)]
+    return {name: installed.get(name, "?") for name in names}
 
 
 def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
