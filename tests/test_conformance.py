@@ -9,6 +9,9 @@ exporter converts the embedded digits model for the first shipped profile of tha
   tolerance (:func:`edgepack.parity.compare`, as the pipeline judges it), or ``NotRunnable`` with a reason;
 - formats the exporter declares in ``Capabilities.graph_formats`` give a non-empty op list in its vocabulary.
 
+A runtime whose toolchain runs in its own venv (``Capabilities.isolated_env``) has it installed from the package
+registry first, as ``edgepack toolchains install NAME`` does.
+
 Recipes with torch-level passes (pruning, QAT, palettization) are left out: the pipeline applies those
 before any exporter runs, so they are not part of an exporter's contract.
 """
@@ -54,6 +57,16 @@ def test_every_registered_runtime_has_a_case_and_a_shipped_profile() -> None:
     for runtime in exporter_classes():
         assert runtime in runtimes, f"no shipped profile uses runtime {runtime!r}"
         assert any(r == runtime for r, _ in CASES), f"runtime {runtime!r} accepts no shipped recipe"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_toolchains() -> None:
+    from edgepack.exporters.registry import isolated_envs
+    from edgepack.toolchains.isolated import install, installed_versions
+
+    for env in isolated_envs().values():
+        if installed_versions(env) is None:
+            install(env)
 
 
 @pytest.fixture(scope="module")
