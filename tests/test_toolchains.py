@@ -18,6 +18,16 @@ from edgepack.errors import UnsupportedError
 from edgepack.toolchains.report import doctor, parse_cpuinfo, runtime_statuses
 
 
+@pytest.fixture(scope="module", autouse=True)
+def isolated_toolchains() -> None:
+    """Runtimes in their own venv are installed (from the package registry) before their status is read."""
+    from edgepack.toolchains.isolated import install, installed_versions
+
+    for env in registry.isolated_envs().values():
+        if installed_versions(env) is None:
+            install(env)
+
+
 def _json(*args: str) -> tuple[int, dict]:
     result = CliRunner().invoke(app, [*args, "--json"])
     return result.exit_code, json.loads(result.stdout)
