@@ -37,7 +37,8 @@ from edgepack.exporters.onnx.hub import export_onnx
 from edgepack.exporters.openvino.predictor import OpenVinoPredictor
 from edgepack.exporters.ort.predictor import OrtPredictor
 from edgepack.models.loaders import load_source
-from edgepack.models.sample import example_dataset_arrays, recalibrate_batchnorm
+from edgepack.models.sample import recalibrate_batchnorm
+from edgepack.models.synthetic import domain_dataset_arrays
 from edgepack.models.source import ModelSource
 
 MODELS = {
@@ -116,8 +117,8 @@ def _data(source: ModelSource, work: Path) -> tuple[Path, Dataset]:
     if source.kind == "demo":
         calib, evaluation = source.extra["calib"], source.extra["eval"]
     else:
-        calib = Dataset(example_dataset_arrays(source.inputs, 64, seed=0), None, "synthetic")
-        evaluation = Dataset(example_dataset_arrays(source.inputs, 32, seed=1000), None, "synthetic")
+        calib = Dataset(domain_dataset_arrays(source.inputs, 64, seed=0), None, "synthetic")
+        evaluation = Dataset(domain_dataset_arrays(source.inputs, 32, seed=1000), None, "synthetic")
     path = work / "calib.npz"
     np.savez(path, **calib.inputs)
     return path, evaluation

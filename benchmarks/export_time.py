@@ -24,7 +24,8 @@ import numpy as np
 from edgepack import api
 from edgepack.compress.quantize import cpu_flags
 from edgepack.models.loaders import load_source
-from edgepack.models.sample import example_dataset_arrays, recalibrate_batchnorm
+from edgepack.models.sample import recalibrate_batchnorm
+from edgepack.models.synthetic import domain_dataset_arrays
 
 MODELS = {"resnet18": "torchvision:resnet18", "mobilenet_v2": "torchvision:mobilenet_v2"}
 TARGETS = ("host-ort", "x86-openvino", "android-pixel8")
@@ -43,7 +44,7 @@ def export_once(model: str, targets: tuple[str, ...], workdir: Path) -> tuple[fl
     started = time.perf_counter()
     source = recalibrate_batchnorm(load_source(MODELS[model], random_weights=True))
     calib = workdir / f"{model}-calib.npz"
-    np.savez(calib, **example_dataset_arrays(source.inputs, CALIB_SAMPLES, seed=3))
+    np.savez(calib, **domain_dataset_arrays(source.inputs, CALIB_SAMPLES, seed=3))
     result = api.export(source, list(targets), calib=calib, out=workdir / "dist", name=model, cache=False)
     return time.perf_counter() - started, result.manifest, result.timings
 

@@ -241,3 +241,23 @@ def test_the_cycle_check_finds_a_function_level_cycle(tmp_path: Path) -> None:
     (package / "b.py").write_text("def thing():\n    from pkg import a\n")
     (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
     assert _import_cycles(package) == [["pkg.a", "pkg.b"]]
+
+
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(PACKAGE.parent)) for folder in ("benchmarks", "scripts")
+                                          for p in (PACKAGE.parent / folder).glob("*.py")))
+def test_benchmarks_and_scripts_import_against_the_current_api(script: str) -> None:
+    # They run outside the test suite (benchmarks take minutes), so a renamed function would break them silently.
+    import importlib.util
+    import sys
+
+    path = PACKAGE.parent / script
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_checked_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+        sys.modules.pop(f"_checked_{path.stem}", None)
+    assert callable(getattr(module, "main", None)), f"{script} has no main()"
