@@ -5,7 +5,9 @@ interleaved rounds), speed ratio to that runtime's fp32 artifact, artifact size,
 top-1 on the labelled eval split) or fidelity (random-init torchvision models with BatchNorm statistics
 recalibrated on random inputs so outputs are not degenerate: top-1 agreement and cosine vs fp32 on
 held-out inputs). Peers' defaults: ONNX Runtime ``quantize_static`` with its default
-arguments, NNCF ``nncf.quantize`` with its default arguments.
+arguments, NNCF ``nncf.quantize`` with its default arguments. ExecuTorch, ncnn and MNN rows run each runtime's
+own Python module (host x86 kernels, not the phone's or the board's); their quantizers are the ones edgepack
+drives, so their "peer default" is edgepack's int8 candidate. RKNN is left out: its simulator has no latency.
 
     python benchmarks/compress_vs_peers.py [--models resnet18,mobilenet_v2,...] [--runtimes ort,openvino]
 
@@ -48,7 +50,8 @@ MODELS = {
     "mobilenet_v2": "torchvision:mobilenet_v2",
     "mobilenet_v3_small": "torchvision:mobilenet_v3_small",
 }
-TARGETS = {"ort": "host-ort", "openvino": "x86-openvino", "tflite": "android-pixel8"}
+TARGETS = {"ort": "host-ort", "openvino": "x86-openvino", "tflite": "android-pixel8",
+           "executorch": "android-executorch", "ncnn": "raspberry-pi5-ncnn", "mnn": "android-mnn"}
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int8-dynamic": 8, "uint8": 8, "a16w8": 8, "int4-weight": 4}
 """Weight bits of a shipped precision, for the size target (mixed precisions are not checked)."""
 
@@ -202,6 +205,25 @@ def openvino_rows(name: str, source: ModelSource, work: Path, calib: Path, evalu
     return _rows(name, "openvino", source, variants, evaluation)
 
 
+def plugin_rows(runtime: str):
+    """fp32, the int8 candidate and the shipped artifact of a runtime added as a plug-in, run by its own predictor."""
+    from edgepack.device_bench.runners.base import artifact_from_entry
+    from edgepack.exporters.registry import get_exporter
+
+    def rows(name: str, source: ModelSource, work: Path, calib: Path, evaluation: Dataset) -> list[Row]:
+        target = TARGETS[runtime]
+
+        def make(path: Path, entry: dict) -> Predictor:
+            bundle = path.parents[len(Path(entry["path"]).parts) - 1]
+            return get_exporter(runtime).predictor(artifact_from_entry(bundle, target, runtime, entry), source)
+
+        variants = (("fp32", {"recipe_chain": ["fp32"]}),) + EDGEPACK_VARIANTS
+        return _rows(name, runtime, source, _edgepack_variants(source, target, calib, work / runtime, make, variants),
+                     evaluation)
+
+    return rows
+
+
 def _rows(name: str, runtime: str, source: ModelSource, variants: dict, evaluation: Dataset) -> list[Row]:
     predictors = {k: v[0] for k, v in variants.items()}
     reference = predictors["fp32"]
@@ -229,7 +251,8 @@ def main() -> None:
             work = Path(tmp)
             calib, evaluation = _data(source, work)
             for runtime in args.runtimes.split(","):
-                builder = {"ort": ort_rows, "openvino": openvino_rows, "tflite": tflite_rows}[runtime]
+                builder = {"ort": ort_rows, "openvino": openvino_rows, "tflite": tflite_rows}.get(runtime) \
+                    or plugin_rows(runtime)
                 for row in builder(name, source, work, calib, evaluation):
                     print(f"| {row.model} | {row.runtime} | {row.variant} | {row.p50_ms:.3f} | {row.ratio:.2f}× | "
                           f"{row.size_bytes / 1e6:.2f} MB | {row.size_check()} | {row.quality} |", flush=True)

@@ -25,7 +25,7 @@ from tests.cli_lines import message_lines
 from edgepack.device_bench.bench import bench_bundle
 from edgepack.device_bench.config import BenchConfig
 from edgepack.farm.config import ModelSpec
-from edgepack.farm.nightly import ExportCache
+from edgepack.farm.nightly import FarmExports
 from edgepack.farm.store import Store, record_bench_results
 
 TESTS = Path(__file__).parent
@@ -39,13 +39,13 @@ ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real export (demo:digits for host-ort, fp32) that every farm run of this module reuses."""
     root = tmp_path_factory.mktemp("exports")
-    ExportCache(root, reuse=True).get(ModelSpec(name="digits", source="demo:digits"), "host-ort", "fp32")
+    FarmExports(root, reuse=True).get(ModelSpec(name="digits", source="demo:digits"), "host-ort", "fp32")
     return root
 
 
 @pytest.fixture(scope="module")
 def bundle(exports: Path) -> Path:
-    return ExportCache(exports, reuse=True).get(ModelSpec(name="digits", source="demo:digits"), "host-ort", "fp32").bundle
+    return FarmExports(exports, reuse=True).get(ModelSpec(name="digits", source="demo:digits"), "host-ort", "fp32").bundle
 
 
 @pytest.fixture()
