@@ -5,11 +5,14 @@ post-training quantization calibrated on edgepack's data (``normal`` = min-max, 
 ``mmse`` = MSE ranges; per-channel or per-layer weights). Parity and the gate run on the toolkit's x86 simulator
 in the session that built the model (:mod:`edgepack.exporters.rknn.session`): numerics of the NPU's
 quantization, no latency. The ``.rknn`` has no metadata slot, so the contract travels as ``model.contract.json``.
-The compiler's SoC is the profile's ``family`` (``rk3588``, ``rk3576``, ...).
+The compiler's SoC is the profile's ``family`` (``rk3588``, ``rk3576``, ...). On a board with
+``rknn_toolkit_lite2`` installed, the predictor runs the ``.rknn`` on the NPU (the SSH runner's agent uses it);
+that path has not run on hardware in this project's CI.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from edgepack.data.dataset import Dataset
 from edgepack.errors import UnsupportedError
 from edgepack.exporters.base import Artifact, Capabilities, Exporter, NotRunnable, Predictor
 from edgepack.exporters.rknn.env import RKNN_ENV, TOOLKIT
-from edgepack.exporters.rknn.predictor import RknnSimulatorPredictor
+from edgepack.exporters.rknn.predictor import RknnLitePredictor, RknnSimulatorPredictor
 from edgepack.exporters.rknn.session import BUILD_TIMEOUT_S, open_session, session_for
 from edgepack.models.source import ModelSource
 from edgepack.targets.schema import TargetProfile
@@ -136,8 +139,13 @@ class RknnExporter(Exporter):
         artifact.path.with_name(CONTRACT_FILE).write_text(contract.to_json() + "\n", encoding="utf-8")
 
     def predictor(self, artifact: Artifact, source: ModelSource) -> Predictor | NotRunnable:
+        """The simulator session that built the artifact (export time); on a board with ``rknn_toolkit_lite2``
+        (the SSH runner's agent), the NPU itself; else not runnable here."""
         session = session_for(artifact.path)
-        if session is None:
-            return NotRunnable("the RKNN-Toolkit2 simulator runs only a model it built in the same session; "
-                               "export again to check this artifact here")
-        return RknnSimulatorPredictor(session, artifact)
+        if session is not None:
+            return RknnSimulatorPredictor(session, artifact)
+        if importlib.util.find_spec("rknnlite") is not None:
+            return RknnLitePredictor(artifact)
+        return NotRunnable("the RKNN-Toolkit2 simulator runs only a model it built in the same session, and "
+                           "rknn_toolkit_lite2 (the board's runtime) is not installed here; export again to check "
+                           "it here, or bench it on a board (edgepack bench --runner ssh://BOARD)")
