@@ -217,7 +217,14 @@ def plugin_rows(runtime: str):
             bundle = path.parents[len(Path(entry["path"]).parts) - 1]
             return get_exporter(runtime).predictor(artifact_from_entry(bundle, target, runtime, entry), source)
 
-        variants = (("fp32", {"recipe_chain": ["fp32"]}),) + EDGEPACK_VARIANTS
+        from edgepack.compress.recipe import load_recipes
+        from edgepack.targets.registry import load_registry
+
+        book = load_recipes()
+        int8 = next(r for r in load_registry().get(target).recipes if book.get(r).precision == "int8")
+        variants = (("fp32", {"recipe_chain": ["fp32"]}),
+                    ("edgepack int8 candidate", {"recipe_chain": [int8], "max_drop": 1.0, "max_slowdown": 1.0}),
+                    ("edgepack shipped", {}))
         return _rows(name, runtime, source, _edgepack_variants(source, target, calib, work / runtime, make, variants),
                      evaluation)
 
