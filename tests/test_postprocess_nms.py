@@ -361,3 +361,70 @@ def test_detection_gate_rejects_lost_boxes():
     assert (same.metric, same.kind, same.value, same.passed) == ("map50_vs_fp32", "fidelity", 1.0, True)
     worse = gate.evaluate(CallablePredictor(fp32), CallablePredictor(loses_half))
     assert not worse.passed and 0.2 < worse.value < 0.8 and "map50_vs_fp32 dropped" in worse.reason
+
+
+# --- TensorRT: the EfficientNMS_TRT plugin in the engine's build graph ------------------------------------------
+
+
+def _plugin_nms(boxes_cxcywh: np.ndarray, scores: np.ndarray, attrs: dict) -> dict[str, np.ndarray]:
+    """What EfficientNMS_TRT computes (its README): scores >= score_threshold, per-class greedy NMS at IoU >
+    iou_threshold (class_agnostic = 0), best score first, at most max_output_boxes; boxes out as corners."""
+    from edgepack.postprocess.reference import iou_matrix
+
+    cx, cy, w, h = (boxes_cxcywh[0, :, i] for i in range(4))
+    corners = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    found = []
+    for cls in range(scores.shape[2]):
+        candidates = np.flatnonzero(scores[0, :, cls] >= attrs["score_threshold"])
+        order = candidates[np.argsort(-scores[0, candidates, cls], kind="stable")]
+        kept: list[int] = []
+        for index in order:
+            if not kept or iou_matrix(corners[[index]], corners[kept]).max() <= attrs["iou_threshold"]:
+                kept.append(index)
+        found += [(scores[0, i, cls], i, cls) for i in kept]
+    found.sort(key=lambda item: -item[0])
+    found = found[: attrs["max_output_boxes"]]
+    return {"count": np.asarray([len(found)]), "boxes": np.asarray([corners[i] for _, i, _ in found]).reshape(-1, 4),
+            "scores": np.asarray([s for s, _, _ in found], np.float32), "classes": np.asarray([c for _, _, c in found])}
+
+
+def test_tensorrt_builds_the_engine_with_efficient_nms_that_gives_the_shipped_detections(tmp_path, one_torch_thread):
+    import onnxruntime as ort
+
+    from edgepack.exporters.tensorrt.nms_plugin import PLUGIN_FILE, PLUGIN_OP, PLUGIN_SCOPE
+
+    result = api.export(_head(), ["jetson-orin-nano"], inputs=["images:1x3x32x32"], postprocess="nms",
+                        iou=SETTINGS.iou, conf=SETTINGS.conf, max_det=SETTINGS.max_det, recipe_chain=["fp16"],
+                        out=tmp_path, name="yolo", cache=False)
+    entry = result.manifest["targets"]["jetson-orin-nano"]
+    assert entry["status"] == "ok", entry.get("error")
+    folder = result.bundle / "artifacts" / "jetson-orin-nano"
+    assert f"artifacts/jetson-orin-nano/{PLUGIN_FILE}" in entry["artifact"]["files"]
+    settings = entry["artifact"]["settings"]
+    assert f"--onnx={PLUGIN_FILE}" in settings["trtexec"] and f"--onnx={PLUGIN_FILE}" in (folder / "build_engine.sh").read_text()
+    attrs = settings["nms_plugin"]["attributes"]
+    assert attrs["max_output_boxes"] == SETTINGS.max_det and attrs["iou_threshold"] == SETTINGS.iou
+    assert SETTINGS.conf < attrs["score_threshold"] < SETTINGS.conf + 1e-6 and attrs["box_coding"] == 1
+
+    plugin_model = onnx.load(str(folder / PLUGIN_FILE))
+    assert not [n for n in plugin_model.graph.node if n.name.startswith(NMS_SCOPE + "/")]
+    (plugin,) = [n for n in plugin_model.graph.node if n.op_type == PLUGIN_OP]
+    assert [o.name for o in plugin_model.graph.output] == ["boxes", "scores", "classes", "count"]
+    # ONNX Runtime cannot run the plugin: run everything before it, then the plugin's documented semantics
+    probe = onnx.load(str(folder / PLUGIN_FILE))
+    probe.graph.node.remove(next(n for n in probe.graph.node if n.op_type == PLUGIN_OP))
+    for identity in [n for n in probe.graph.node if n.name.startswith(f"{PLUGIN_SCOPE}/out_")]:
+        probe.graph.node.remove(identity)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in plugin.input)
+    before = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    shipped = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    for image in _images(4, seed=11):
+        boxes, scores = before.run(None, {"images": image})
+        emulated = _plugin_nms(boxes, scores, {a.name: onnx.helper.get_attribute_value(a) for a in plugin.attribute})
+        want = dict(zip([o.name for o in shipped.get_outputs()], shipped.run(None, {"images": image})))
+        count = int(want["count"].reshape(-1)[0])
+        assert int(emulated["count"][0]) == count and count > 0
+        np.testing.assert_array_equal(emulated["classes"], want["classes"].reshape(-1)[:count])
+        np.testing.assert_allclose(emulated["scores"], want["scores"].reshape(-1)[:count], rtol=1e-5)
+        np.testing.assert_allclose(emulated["boxes"], want["boxes"].reshape(-1, 4)[:count], rtol=1e-5, atol=1e-4)

@@ -29,6 +29,8 @@ from edgepack.exporters.onnx.hub import export_onnx, is_prequantized
 from edgepack.exporters.onnx.graph import onnx_graph_ops
 from edgepack.exporters.ort.quant import CALIBRATION_METHODS
 from edgepack.models.source import ModelSource, TensorSpec
+from edgepack.postprocess.apply import RAW_OUTPUTS_KEY, postprocess_settings
+from edgepack.postprocess.settings import head_layout
 from edgepack.targets.placement import GraphOp
 from edgepack.targets.schema import TargetProfile
 
@@ -67,11 +69,12 @@ def _shape_flags(specs: tuple[TensorSpec, ...]) -> list[str]:
 
 
 def trtexec_command(
-    profile: TargetProfile, recipe: Recipe, inputs: tuple[TensorSpec, ...], *, dla: bool, sparse: bool
+    profile: TargetProfile, recipe: Recipe, inputs: tuple[TensorSpec, ...], *, dla: bool, sparse: bool,
+    onnx: str = "model.onnx",
 ) -> list[str]:
-    """The ``trtexec`` argument list that builds and times the engine on the device."""
+    """The ``trtexec`` argument list that builds and times the engine on the device from ``onnx``."""
     workspace_mb = max(256, min(4096, profile.memory_mb // 8))
-    command = ["trtexec", "--onnx=model.onnx", "--saveEngine=model.engine", f"--memPoolSize=workspace:{workspace_mb}M"]
+    command = ["trtexec", f"--onnx={onnx}", "--saveEngine=model.engine", f"--memPoolSize=workspace:{workspace_mb}M"]
     if recipe.precision in ("fp16", "int8"):
         command.append("--fp16")
     if recipe.precision == "int8":
@@ -221,7 +224,17 @@ class TensorRtExporter(Exporter):
             shutil.copyfile(hub, model)
         inputs = tuple(source.inputs if dynamic else [s.with_static_shape() for s in source.inputs])
         outputs = tuple(source.outputs if dynamic else [s.with_static_shape() for s in source.outputs])
-        command = trtexec_command(profile, recipe, inputs, dla=dla, sparse=_sparse(source))
+        build_from = model.name
+        nms = postprocess_settings(source)
+        if nms is not None:
+            from edgepack.exporters.tensorrt.nms_plugin import PLUGIN_FILE, write_plugin_graph
+
+            raw = source.extra[RAW_OUTPUTS_KEY][0]
+            layout, classes, _ = head_layout(tuple(raw.shape), raw.name, source.uri)
+            settings["nms_plugin"] = write_plugin_graph(model, workdir / PLUGIN_FILE, nms, layout, classes)
+            files.append(workdir / PLUGIN_FILE)
+            build_from = PLUGIN_FILE
+        command = trtexec_command(profile, recipe, inputs, dla=dla, sparse=_sparse(source), onnx=build_from)
         pin = profile.toolchain.get("tensorrt", "unpinned")
         script = workdir / BUILD_SCRIPT
         script.write_text(_build_script(command, pin))
