@@ -127,7 +127,10 @@ def test_placement_reads_the_lowered_program_with_portable_reasons(registry, rec
     assert report is not None and report.vocabulary == "executorch"
     xnnpack = report.accelerators[0]
     assert xnnpack.accelerator == "xnnpack"
-    assert [f["type"] for f in xnnpack.fallback] == ["aten.cumsum.default"]
+    # the partitioner's own decision and words, not a guess from the op table
+    assert xnnpack.fallback == [{"op": "aten_cumsum_default", "type": "aten.cumsum.default",
+                                 "reason": "the XNNPACK partitioner has no config for aten.cumsum.default"}]
+    assert {op.placed_on for op in ops} == {"xnnpack", "portable"}
     x = torch.randn(1, 3, 6, 6)
     got = exporter.predictor(artifact, source)({"x": x.numpy()})["y"]
     np.testing.assert_allclose(got, source.torch_module(x).detach().numpy(), rtol=1e-4, atol=1e-5)

@@ -52,6 +52,11 @@ class GraphOp:
     dilation: int | None = None
     channels: int | None = None
     version: int | None = None
+    placed_on: str | None = None
+    """The accelerator the runtime itself put the op on, when the artifact records it (a delegate's partitioner
+    decided at export): placement then reports that decision instead of judging the op table."""
+    placement_reason: str | None = None
+    """Why the runtime left the op off an accelerator (its partitioner's own words), with :attr:`placed_on`."""
 
 
 @dataclass
@@ -132,7 +137,9 @@ def _place_one(name: str, accelerator: Accelerator, ops: list[GraphOp], precisio
         precision_reason = f"{name} runs {', '.join(accelerator.precisions)}; the artifact is {precision}"
     for index, op in enumerate(ops):
         rule = accelerator.ops.get(op.op_type)
-        if precision_reason:
+        if op.placed_on is not None:
+            reason = "" if op.placed_on == name else (op.placement_reason or f"the runtime placed it on {op.placed_on}")
+        elif precision_reason:
             reason = precision_reason
         elif rule is None:
             reason = f"{op.op_type} is not in the {name} op table"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import BundleError
-from edgepack.exporters.executorch.lower import PORTABLE, LoweredOp
+from edgepack.exporters.executorch.lower import BACKEND, PORTABLE, LoweredOp
 from edgepack.hashing import file_sha256
 from edgepack.targets.placement import GraphOp
 
@@ -37,9 +37,15 @@ def read_descriptor(path: Path) -> dict[str, Any]:
     return json.loads(descriptor.read_text())
 
 
+PLACED_ON = {BACKEND: "xnnpack", PORTABLE: "portable"}
+"""Where the lowered program runs an op -> the accelerator of an ExecuTorch profile (named after its backends)."""
+
+
 def executorch_graph_ops(path: Path) -> list[GraphOp]:
-    """The lowered program's ops in the ``executorch`` vocabulary (edge-dialect op names)."""
-    return [GraphOp(name=op["name"], op_type=op["type"], dtypes=tuple(op.get("dtypes") or ()), rank=op.get("rank"))
+    """The lowered program's ops in the ``executorch`` vocabulary (edge-dialect op names), each with where the
+    partitioner put it and, for an op it left out, its reason."""
+    return [GraphOp(name=op["name"], op_type=op["type"], dtypes=tuple(op.get("dtypes") or ()), rank=op.get("rank"),
+                    placed_on=PLACED_ON.get(op.get("runs_on", ""), op.get("runs_on")), placement_reason=op.get("reason"))
             for op in read_descriptor(path)["ops"]]
 
 
