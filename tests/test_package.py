@@ -221,7 +221,7 @@ class Interpreter(model: java.nio.ByteBuffer, options: Options?) : AutoCloseable
 }
 """,
     "LiteVersion.kt": "package org.tensorflow.lite\nobject TensorFlowLite { fun runtimeVersion(): String = \"\" }\n",
-    "AndroidLog.kt": "package android.util\nobject Log { @JvmStatic fun w(tag: String, msg: String): Int = 0 }\n",
+    "AndroidLog.kt": "package android.util\nobject Log { @JvmStatic fun i(tag: String, msg: String): Int = 0 }\n",
     "Gpu.kt": "package org.tensorflow.lite.gpu\nclass GpuDelegate : org.tensorflow.lite.Delegate\n",
     "Nnapi.kt": "package org.tensorflow.lite.nnapi\nclass NnApiDelegate : org.tensorflow.lite.Delegate\n",
 }
