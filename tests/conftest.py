@@ -95,3 +95,13 @@ def mount_tmpfs(tmp_path: Path):
     yield mount
     for point in mounts:
         subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture(scope="session")
+def isolated_toolchains() -> dict[str, dict[str, str]]:
+    """Every toolchain a runtime declares to run in its own venv, installed from the package registry (as
+    ``edgepack toolchains install NAME`` does) unless already there; ``{name: installed versions}``."""
+    from edgepack.exporters.registry import isolated_envs
+    from edgepack.toolchains.isolated import install, installed_versions
+
+    return {name: installed_versions(env) or install(env) for name, env in isolated_envs().items()}

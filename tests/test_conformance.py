@@ -32,6 +32,8 @@ from edgepack.models.synthetic import domain_dataset_arrays, synthetic_calibrati
 from edgepack.parity import compare
 from edgepack.targets.registry import load_registry
 
+pytestmark = pytest.mark.usefixtures("isolated_toolchains")
+
 PARITY_SAMPLES = 8
 """Held-out samples from the same domain-shaped generator as the calibration set (another seed), one per batch."""
 
@@ -57,16 +59,6 @@ def test_every_registered_runtime_has_a_case_and_a_shipped_profile() -> None:
     for runtime in exporter_classes():
         assert runtime in runtimes, f"no shipped profile uses runtime {runtime!r}"
         assert any(r == runtime for r, _ in CASES), f"runtime {runtime!r} accepts no shipped recipe"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def isolated_toolchains() -> None:
-    from edgepack.exporters.registry import isolated_envs
-    from edgepack.toolchains.isolated import install, installed_versions
-
-    for env in isolated_envs().values():
-        if installed_versions(env) is None:
-            install(env)
 
 
 @pytest.fixture(scope="module")

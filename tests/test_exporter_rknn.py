@@ -20,17 +20,15 @@ from edgepack.exporters.rknn.env import RKNN_ENV, TOOLKIT_VERSION
 from edgepack.models.loaders import load_source
 from edgepack.models.reference import reference_predictor
 from edgepack.targets.registry import load_registry
-from edgepack.toolchains.isolated import TOOLCHAINS_ENV, install, installed_versions
+from edgepack.toolchains.isolated import TOOLCHAINS_ENV
 
 TARGET = "rk3588-npu"
 
 
 @pytest.fixture(scope="module")
-def toolchain():
+def toolchain(isolated_toolchains):
     """The rknn venv, installed once from the package registry (kept between runs in the toolchains folder)."""
-    if installed_versions(RKNN_ENV) is None:
-        install(RKNN_ENV)
-    return installed_versions(RKNN_ENV)
+    return isolated_toolchains[RKNN_ENV.name]
 
 
 @pytest.fixture(scope="module")

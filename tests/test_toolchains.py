@@ -18,14 +18,7 @@ from edgepack.errors import UnsupportedError
 from edgepack.toolchains.report import doctor, parse_cpuinfo, runtime_statuses
 
 
-@pytest.fixture(scope="module", autouse=True)
-def isolated_toolchains() -> None:
-    """Runtimes in their own venv are installed (from the package registry) before their status is read."""
-    from edgepack.toolchains.isolated import install, installed_versions
-
-    for env in registry.isolated_envs().values():
-        if installed_versions(env) is None:
-            install(env)
+pytestmark = pytest.mark.usefixtures("isolated_toolchains")  # runtimes in their own venv report installed
 
 
 def _json(*args: str) -> tuple[int, dict]:
