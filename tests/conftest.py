@@ -104,4 +104,4 @@ def isolated_toolchains() -> dict[str, dict[str, str]]:
     from edgepack.exporters.registry import isolated_envs
     from edgepack.toolchains.isolated import install, installed_versions
 
-    return {name: installed_versions(env) or install(env) for name, env in isolated_envs().items()}
+    return {name: installed_versions(env) or install(env, reinstall=False) for name, env in isolated_envs().items()}

@@ -104,7 +104,8 @@ def test_an_isolated_toolchain_installs_from_the_registry_and_borrows_from_edgep
                           capture_output=True, text=True, check=True)
     six_file, numpy_version = done.stdout.split()
     assert Path(six_file).is_relative_to(env_dir(env)) and numpy_version == metadata.version("numpy")
-    assert sorted(p.name for p in env_dir(env).parent.iterdir()) == ["tiny"]  # the staging folder is gone
+    assert sorted(p.name for p in env_dir(env).parent.iterdir()) == [".tiny.lock", "tiny"]  # no staging folder left
+    assert install(env, reinstall=False) == versions  # a second, concurrent-safe install finds the first's venv
 
 
 def test_a_failed_install_leaves_nothing_that_looks_installed(tmp_path, monkeypatch):
@@ -117,7 +118,7 @@ def test_a_failed_install_leaves_nothing_that_looks_installed(tmp_path, monkeypa
     with pytest.raises(EnvironmentFailure, match="the broken check failed: ModuleNotFoundError"):
         install(env)
     assert installed_versions(env) is None and not env_dir(env).exists()
-    assert list(env_dir(env).parent.iterdir()) == []
+    assert [p.name for p in env_dir(env).parent.iterdir()] == [".broken.lock"]
 
 
 def test_install_refuses_a_toolchain_that_is_not_isolated() -> None:

@@ -9,6 +9,8 @@ installed; its ``zz_edgepack_borrowed.pth`` appends edgepack's own site-packages
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgepack.errors import EnvironmentFailure, UnsupportedError
@@ -66,10 +68,32 @@ def _run(argv: list[str], what: str) -> None:
         raise EnvironmentFailure(f"{what} failed: {tail[0] if tail else f'exit {done.returncode}'}")
 
 
-def install(env: IsolatedEnv, progress: Callable[[str], None] = lambda _: None) -> dict[str, str]:
-    """Create (or re-create) the venv of ``env`` from the package registry; returns the installed versions."""
+@contextlib.contextmanager
+def _install_lock(final: Path) -> Iterator[None]:
+    """One install of a toolchain at a time (a second waits for the first: advisory ``flock``)."""
+    fd = os.open(final.parent / f".{final.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def install(env: IsolatedEnv, progress: Callable[[str], None] = lambda _: None, *,
+            reinstall: bool = True) -> dict[str, str]:
+    """Create (or, with ``reinstall``, re-create) the venv of ``env`` from the package registry; returns the
+    installed versions. Concurrent installs of one toolchain run one after the other; without ``reinstall`` the
+    later ones find the first's venv and return its versions."""
     final = env_dir(env)
     final.parent.mkdir(parents=True, exist_ok=True)
+    with _install_lock(final):
+        existing = installed_versions(env)
+        if existing is not None and not reinstall:
+            return existing
+        return _install(env, final, progress)
+
+
+def _install(env: IsolatedEnv, final: Path, progress: Callable[[str], None]) -> dict[str, str]:
     staging = Path(tempfile.mkdtemp(prefix=f".{env.name}-installing-", dir=final.parent))
     try:
         progress(f"creating a venv for {env.name}")
