@@ -37,7 +37,7 @@ def test_failure_while_staging_keeps_the_previous_bundle(bundle, monkeypatch):
 
     monkeypatch.setattr(BundleWriter, "add_file", failing_add_file)
     with pytest.raises(OutputError, match="no space left"):  # one clean error, not an OSError traceback
-        api.export("demo:digits", ["host-ort", "x86-openvino"], out=bundle.parent)
+        api.export("demo:digits", ["host-ort", "x86-openvino"], out=bundle.parent, recipe_chain=["fp32"])
     assert calls["n"] == 1
     assert (bundle / "manifest.json").read_bytes() == before
     verify_bundle(bundle)
@@ -46,7 +46,7 @@ def test_failure_while_staging_keeps_the_previous_bundle(bundle, monkeypatch):
 
 
 def test_reexport_replaces_the_bundle_atomically(bundle):
-    result = api.export("demo:digits", ["host-ort", "x86-openvino"], out=bundle.parent)
+    result = api.export("demo:digits", ["host-ort", "x86-openvino"], out=bundle.parent, recipe_chain=["fp32"])
     assert result.bundle == bundle
     assert set(json.loads((bundle / "manifest.json").read_text())["targets"]) == {"host-ort", "x86-openvino"}
     assert [p.name for p in bundle.parent.iterdir()] == [bundle.name]

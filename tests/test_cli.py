@@ -84,7 +84,7 @@ def test_export_json_and_partial_failure_exit_code(tmp_path):
 
 
 def test_verify_detects_a_flipped_byte(tmp_path):
-    proc = run("export", "demo:digits", "-t", "host-ort", "--out", str(tmp_path))
+    proc = run("export", "demo:digits", "-t", "host-ort", "--recipe", "fp32", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     model = tmp_path / "digits-cnn.edgepack/artifacts/host-ort/model.onnx"
     blob = bytearray(model.read_bytes())

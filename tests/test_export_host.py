@@ -80,7 +80,7 @@ def test_mobilenet_v3_small_to_host_runtimes(tmp_path):
     # every host runtime. The mixed-precision search between them is tested on its own (test_quantize_gate.py);
     # on an untrained network it ranks every layer and costs minutes without telling more about layouts.
     result = api.export("torchvision:mobilenet_v3_small", HOST_TARGETS, out=tmp_path, random_weights=True,
-                        recipe_chain=["int8", "fp32"])
+                        inputs=["input:batchx3x128x128"], recipe_chain=["int8", "fp32"])
     assert result.ok, {r.profile.id: r.error for r in result.results}
     for target in HOST_TARGETS:
         entry = result.manifest["targets"][target]
@@ -92,7 +92,7 @@ def test_mobilenet_v3_small_to_host_runtimes(tmp_path):
         assert bound is None or entry["parity"]["max_rel_error"] <= bound, (target, entry["parity"])
         assert entry["gate"]["kind"] == "fidelity"
     tflite_input = result.manifest["targets"]["android-pixel8"]["artifact"]["inputs"][0]
-    assert tflite_input["layout"] == "NHWC" and tflite_input["shape"] == [1, 224, 224, 3]
+    assert tflite_input["layout"] == "NHWC" and tflite_input["shape"] == [1, 128, 128, 3]
     assert result.manifest["targets"]["host-ort"]["artifact"]["inputs"][0]["shape"][0] == "batch"
 
 

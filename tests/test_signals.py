@@ -77,12 +77,12 @@ def test_install_returns_the_previous_handler_and_accepts_dispositions():
 @pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGTERM, 143, "edgepack: terminated"),
                                                        (signal.SIGINT, 130, "edgepack: interrupted")])
 def test_cli_commands_unwind_on_a_dangling_alternate_stack(signum, code, line):
-    """Every CLI command runs inside ``_user_errors``: the signal becomes one line and its exit code."""
+    """Every CLI command runs inside ``user_errors``: the signal becomes one line and its exit code."""
     result = _run(f"""
         import typer
-        from edgepack.cli import _user_errors
+        from edgepack.cli_support import user_errors
         try:
-            with _user_errors():
+            with user_errors():
                 leave_dangling_alternate_stack()
                 os.kill(os.getpid(), {int(signum)})
                 time.sleep(5)
@@ -102,7 +102,7 @@ def test_openvino_engine_released_on_another_thread_does_not_kill_the_cli():
         import openvino as ov
         from openvino import opset13 as ops
         import typer
-        from edgepack.cli import _user_errors
+        from edgepack.cli_support import user_errors
 
         parameter = ops.parameter([1, 8], np.float32)
         compiled = [ov.Core().compile_model(ov.Model([ops.relu(parameter)], [parameter]), "CPU")]
@@ -112,7 +112,7 @@ def test_openvino_engine_released_on_another_thread_does_not_kill_the_cli():
             gc.collect()
 
         try:
-            with _user_errors():
+            with user_errors():
                 worker = threading.Thread(target=release)
                 worker.start()
                 worker.join()
