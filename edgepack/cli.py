@@ -17,9 +17,18 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from edgepack.cli_support import (CONTEXT, VERBOSE, canonical_ids, make_console, error_record, go_offline, print_envelope, split_targets, user_errors)
+from edgepack.cli_support import (
+    CONTEXT,
+    VERBOSE,
+    canonical_ids,
+    error_record,
+    go_offline,
+    make_console,
+    print_envelope,
+    split_targets,
+    user_errors,
+)
 from edgepack.errors import InputError
-
 
 app = typer.Typer(
     name="edgepack",
