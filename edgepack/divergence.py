@@ -20,6 +20,7 @@ import numpy as np
 from edgepack.compress.recipe import ParityTolerance
 from edgepack.exporters.base import Artifact, Exporter
 from edgepack.exporters.onnx.hub import onnx_values
+from edgepack.parity import cosine
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,7 @@ def _compare(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float, f
     a, b = reference.astype(np.float64).ravel(), actual.astype(np.float64).ravel()
     diff = float(np.max(np.abs(a - b))) if a.size else 0.0
     scale = float(np.max(np.abs(a))) if a.size else 0.0
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    cosine = float(np.dot(a, b) / norm) if norm else (1.0 if np.array_equal(a, b) else 0.0)
-    return diff, diff / scale if scale else (0.0 if diff == 0 else float("inf")), cosine
+    return diff, diff / scale if scale else (0.0 if diff == 0 else float("inf")), cosine(a, b)
 
 
 def find_divergence(
@@ -97,10 +96,10 @@ def find_divergence(
         if value is None or name not in reference or np.shape(value) != reference[name].shape:
             uncompared.append(node.name or name)
             continue
-        max_abs, max_rel, cosine = _compare(reference[name], np.asarray(value))
-        diverged = max_rel > tolerance.max_rel_error or cosine < tolerance.min_cosine
+        max_abs, max_rel, cos = _compare(reference[name], np.asarray(value))
+        diverged = max_rel > tolerance.max_rel_error or cos < tolerance.min_cosine
         span = [*dict.fromkeys(uncompared), node.name or name]
-        layers.append(LayerError(name, node.name or name, node.op_type, max_abs, max_rel, cosine, diverged, span))
+        layers.append(LayerError(name, node.name or name, node.op_type, max_abs, max_rel, cos, diverged, span))
         uncompared = []
     first = next((layer for layer in layers if layer.diverged), None)
     note = None if layers else "no intermediate tensor of the source could be found in the artifact"

@@ -33,7 +33,8 @@ class ParityReport:
         return f"cosine {self.mean_cosine:.6f} (min {self.min_cosine:.6f}), rel err {self.max_rel_error:.2e}{top1}"
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays (flattened, float64); two all-zero arrays are 1 when equal, else 0."""
     a = a.astype(np.float64).ravel()
     b = b.astype(np.float64).ravel()
     norm = np.linalg.norm(a) * np.linalg.norm(b)
@@ -64,7 +65,7 @@ def compare(
             ref64 = ref.astype(np.float64)
             max_abs = max(max_abs, float(np.max(np.abs(got - ref64))) if ref.size else 0.0)
             ref_scale = max(ref_scale, float(np.max(np.abs(ref64))) if ref.size else 0.0)
-            cosines.append(_cosine(ref64, got))
+            cosines.append(cosine(ref64, got))
             if _is_classifier_output(ref):
                 agree.extend((np.argmax(ref, axis=1) == np.argmax(got, axis=1)).tolist())
     if count == 0:

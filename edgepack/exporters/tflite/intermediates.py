@@ -20,6 +20,7 @@ import numpy as np
 from edgepack.exporters.onnx.hub import onnx_values
 from edgepack.exporters.tflite.layers import TFLITE_OPS_FOR, _TfliteOutput, candidate_tensors, tflite_values
 from edgepack.exporters.tflite.model_io import CHANNEL_LAST, TflitePredictor
+from edgepack.parity import cosine
 
 
 def to_source_layout(reference: np.ndarray, actual: np.ndarray) -> np.ndarray | None:
@@ -37,16 +38,10 @@ def to_source_layout(reference: np.ndarray, actual: np.ndarray) -> np.ndarray | 
     return None
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b / norm) if norm else float(np.array_equal(a, b))
-
-
 def _pick(chain: list[str], reference: Mapping[str, np.ndarray], output: _TfliteOutput) -> tuple[str, np.ndarray] | None:
     fits = [(tensor, moved) for tensor in chain
             if (moved := to_source_layout(reference[tensor], output.value)) is not None]
-    return max(fits, key=lambda fit: _cosine(reference[fit[0]], fit[1]), default=None)
+    return max(fits, key=lambda fit: cosine(reference[fit[0]], fit[1]), default=None)
 
 
 def artifact_values(hub: Path, tflite_path: Path, settings: Mapping[str, Any], tensors: list[str],
