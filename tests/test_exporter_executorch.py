@@ -3,7 +3,6 @@ runtime for parity, the gate, placement from the lowered program, and the genera
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from generated import import_generated
 from edgepack import api
 from edgepack.bundle.verify import verify_bundle
 from edgepack.contract.metadata import Contract
@@ -161,9 +161,7 @@ def test_python_package_runs_the_pte(digits_bundle, digits, tmp_path):
     assert (out / "models" / TARGET / "model.pte").is_file() and (out / "models" / TARGET / CONTRACT).is_file()
     assert "executorch==1.5.1" in (out / "requirements.txt").read_text()
     module_file = next(out.glob("*_runner.py"))
-    spec = importlib.util.spec_from_file_location("executorch_runner_under_test", module_file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_generated(module_file)
     runner_class = next(getattr(module, n) for n in dir(module) if n.endswith("Runner"))
     runner = runner_class(TARGET)
     assert runner.contract is not None and runner.contract["format"] == "pte"

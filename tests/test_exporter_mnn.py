@@ -3,7 +3,6 @@ int8), the bizCode contract, graph ops, host parity with the real MNN runtime an
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from generated import import_generated
 from edgepack import api
 from edgepack.bundle.writer import read_manifest
 from edgepack.compress.quantize import QuantizationPlan
@@ -32,13 +32,6 @@ def bundle(tmp_path_factory, one_torch_thread) -> Path:
     result = api.export("demo:digits", [TARGET], out=tmp_path_factory.mktemp("bundle"))
     assert result.manifest["targets"][TARGET]["status"] == "ok", result.manifest["targets"][TARGET].get("error")
     return result.bundle
-
-
-def _import(path: Path):
-    spec = importlib.util.spec_from_file_location(f"generated_mnn_{abs(hash(str(path)))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _digits_raw(n: int = 16) -> np.ndarray:
@@ -175,7 +168,7 @@ def test_importing_the_runtime_keeps_stdout_clean():
 def test_python_package_runs_the_mnn_artifact(bundle, tmp_path):
     result = package_bundle(bundle, "python", tmp_path / "py")
     assert result.targets == [TARGET]
-    module = _import(tmp_path / "py" / "digits_cnn_runner.py")
+    module = import_generated(tmp_path / "py" / "digits_cnn_runner.py")
     assert module.RUNTIME_MODULES == {"mnn": "MNN"}
     assert module.TARGETS[TARGET]["runtime"] == "mnn" and module.TARGETS[TARGET]["static_batch"] == 1
     runner = module.DigitsCnnRunner(TARGET)
@@ -217,6 +210,6 @@ def test_dynamic_batch_int8_runs_one_sample_at_a_time(tmp_path, one_torch_thread
     singles = np.concatenate([predictor({"image": raw[i : i + 1] * np.float32(0.0625)})["logits"] for i in range(6)])
     np.testing.assert_array_equal(together, singles)
     package_bundle(result.bundle, "python", tmp_path / "py")
-    module = _import(tmp_path / "py" / "digits_cnn_runner.py")
+    module = import_generated(tmp_path / "py" / "digits_cnn_runner.py")
     assert module.TARGETS[TARGET]["static_batch"] is None
     np.testing.assert_array_equal(module.DigitsCnnRunner(TARGET).run({"image": raw})["logits"], together)

@@ -7,7 +7,6 @@ package is generated and its runner executed against the host predictor.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch  # noqa: I001 - torch before anything that could pull TensorFlow
 import numpy as np
 import pytest
 
+from generated import import_generated
 from edgepack import api
 from edgepack.bundle.writer import read_manifest
 from edgepack.compress.recipe import Recipe, load_recipes
@@ -255,9 +255,7 @@ def test_api_export_ships_int8_with_measured_parity(bundle):
 def test_python_package_runs_the_artifact(bundle, tmp_path):
     package_bundle(bundle, "python", tmp_path / "pkg")
     runner_file = next((tmp_path / "pkg").glob("*_runner.py"))
-    spec = importlib.util.spec_from_file_location(f"ncnn_runner_{abs(hash(str(runner_file)))}", runner_file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_generated(runner_file)
     runner = next(v for k, v in vars(module).items() if k.endswith("Runner") and isinstance(v, type))(TARGET)
     assert runner.contract["precision"] == "int8" and runner.labels == [str(i) for i in range(10)]
     from sklearn.datasets import load_digits

@@ -9,7 +9,6 @@ compiled here (no Swift toolchain, no macOS): its file is checked textually.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 import shutil
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from generated import import_generated
 from edgepack import api
 from edgepack.bundle.writer import read_manifest
 from edgepack.cli import app
@@ -44,13 +44,6 @@ def full_int8_bundle(tmp_path_factory, one_torch_thread) -> Path:
                         recipe_chain=["int8-full"])
     assert result.manifest["targets"]["android-pixel8"]["status"] == "ok"
     return result.bundle
-
-
-def _import(path: Path):
-    spec = importlib.util.spec_from_file_location(f"generated_{path.stem}_{abs(hash(str(path)))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _digits_raw(n: int = 24) -> np.ndarray:
@@ -79,7 +72,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_python_runner_matches_host_predictors(digits_bundle, tmp_path):
     result = package_bundle(digits_bundle, "python", tmp_path / "py")
     assert result.targets == ["host-ort", "x86-openvino", "android-pixel8"]  # onnx, IR, tflite preference
-    module = _import(tmp_path / "py" / "digits_cnn_runner.py")
+    module = import_generated(tmp_path / "py" / "digits_cnn_runner.py")
     assert module.BUNDLE_SHA256 == result.bundle_sha256
     raw = _digits_raw()
     scale = read_manifest(digits_bundle)["source"]["inputs"][0]["preprocess"]["scale"]
@@ -96,7 +89,7 @@ def test_python_runner_matches_host_predictors(digits_bundle, tmp_path):
 
 def test_python_runner_full_int8_io(full_int8_bundle, tmp_path):
     package_bundle(full_int8_bundle, "python", tmp_path / "py")
-    module = _import(tmp_path / "py" / "digits_cnn_runner.py")
+    module = import_generated(tmp_path / "py" / "digits_cnn_runner.py")
     config = module.TARGETS["android-pixel8"]
     assert config["input_map"]["image"]["dtype"] == "uint8" and config["input_map"]["image"]["quant"]
     raw = _digits_raw(8)
@@ -125,7 +118,7 @@ def test_python_package_runs_the_jetson_qdq_onnx_as_edgepack_checked_it(tmp_path
     assert entry["artifact"]["format"] == "onnx-qdq"
     done = CliRunner().invoke(app, ["package", str(bundle), "-p", "python", "-o", str(tmp_path / "py")])
     assert done.exit_code == 0, done.output
-    module = _import(tmp_path / "py" / "digits_cnn_runner.py")
+    module = import_generated(tmp_path / "py" / "digits_cnn_runner.py")
     assert module.TARGETS["jetson-orin"]["runtime"] == "onnxruntime"
     raw = _digits_raw()
     got = module.DigitsCnnRunner("jetson-orin").run({"image": raw})
@@ -386,7 +379,7 @@ def test_mobilenet_v2_all_platforms(tmp_path, one_torch_thread):
     spec = manifest["source"]["inputs"][0]
     pre = spec["preprocess"]
     package_bundle(bundle, "python", tmp_path / "py")
-    module = _import(next((tmp_path / "py").glob("*_runner.py")))
+    module = import_generated(next((tmp_path / "py").glob("*_runner.py")))
     rng = np.random.default_rng(0)
     raw = rng.uniform(0, 255, size=(2, 3, 224, 224)).astype(np.float32)
     runner_cls = getattr(module, model_names(manifest)["runner_class"])
@@ -427,7 +420,7 @@ def test_snippets_for_each_language_with_an_artifact(digits_bundle, tmp_path):
     # The Python snippet runs the preferred host artifact (ONNX) and matches its predictor.
     path = tmp_path / "run.py"
     path.write_text(snippets["python/run.py"])
-    module = _import(path)
+    module = import_generated(path)
     raw = _digits_raw(4)
     got = module.run(str(digits_bundle / "artifacts/host-ort/model.onnx"), raw)
     want = _host_predictor(digits_bundle, "host-ort")({"image": raw * np.float32(0.0625)})
